@@ -1,0 +1,23 @@
+"""The hot path.  Each unit is a compiled Cython module (``_name_c``) with a pure-Python
+twin (``_name_py``, the readable spec) and a selector module (``name``) that picks the
+compiled one unless ``HAPAX_NO_EXTENSIONS`` is set (or the build has no compiler).
+
+``IMPLEMENTATION`` is ``"c"`` when the compiled units are in use, ``"py"`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+NO_EXTENSIONS = os.environ.get("HAPAX_NO_EXTENSIONS", "") not in ("", "0")
+
+try:
+    if NO_EXTENSIONS:
+        raise ImportError("HAPAX_NO_EXTENSIONS is set")
+    from hapax._core import _sse_c  # noqa: F401
+
+    IMPLEMENTATION = "c"
+except ImportError:
+    IMPLEMENTATION = "py"
+
+__all__ = ["NO_EXTENSIONS", "IMPLEMENTATION"]

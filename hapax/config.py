@@ -1,0 +1,339 @@
+"""pipeline.yaml -> frozen, validated configuration objects.
+
+Load with :func:`load` (a file) or :func:`from_dict`.  Every problem is reported with
+the file, the key path (``models.gpt-4o.targets[1].provider``) and what was expected;
+all problems are collected before :class:`~hapax.errors.ConfigError` is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from hapax._schema import (
+    INVALID,
+    Ctx,
+    Secret,
+    build,
+    conv_bool,
+    conv_duration,
+    conv_enum,
+    conv_int,
+    conv_list,
+    conv_map,
+    conv_secret,
+    conv_section,
+    conv_size,
+    conv_str,
+    interpolate,
+    setting,
+)
+from hapax.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "Limits",
+    "AccessLogConfig",
+    "ProviderConfig",
+    "ProviderTimeouts",
+    "PoolConfig",
+    "ModelConfig",
+    "TargetConfig",
+    "KeyConfig",
+    "Secret",
+    "load",
+    "loads",
+    "from_dict",
+    "default_config",
+    "PROVIDER_KINDS",
+]
+
+#: Provider kinds known to the built-in adapters.  Plugins may register more.
+PROVIDER_KINDS = ("openai", "mock")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Limits that protect the gateway from clients."""
+
+    max_body: int = setting("Largest request body accepted; larger ones get 413.",
+                            conv_size, 4 * 1024 * 1024, shown_default="4MiB")
+    max_header: int = setting("Largest request head (request line + headers); larger gets 431.",
+                              conv_size, 64 * 1024, shown_default="64KiB")
+    header_timeout: float = setting("Time a client has to send a complete request head "
+                                    "once it started one (408 after).",
+                                    conv_duration, 10.0, shown_default="10s")
+    body_timeout: float = setting("Longest pause allowed while a request body is arriving "
+                                  "(408 after).", conv_duration, 30.0, shown_default="30s")
+    keepalive: float = setting("How long an idle keep-alive connection is kept open.",
+                               conv_duration, 75.0, shown_default="75s")
+    send_timeout: float = setting("Longest time a client may leave a response unread (a stalled "
+                                  "reader is disconnected after it).",
+                                  conv_duration, 60.0, shown_default="60s")
+    max_concurrent: int = setting("Requests in flight per worker beyond which new ones get 503.",
+                                  conv_int(1), 10000)
+    max_pipeline: int = setting("Pipelined requests queued on one connection before the "
+                                "gateway stops reading from it.", conv_int(1), 32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessLogConfig:
+    """The access log: one line per request, written after the response."""
+
+    format: str = setting("`json` (one JSON object per line), `text`, or `off`.",
+                          conv_enum("json", "text", "off"), "json")
+    path: str = setting("`-` for standard output, `stderr`, or a file path (appended to).",
+                        conv_str(), "-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The listener and its worker processes."""
+
+    host: str = setting("Address to listen on.", conv_str(), "127.0.0.1")
+    port: int = setting("TCP port (0 picks a free one and logs it).", conv_int(0, 65535), 8080)
+    workers: int = setting("Worker processes sharing the port (SO_REUSEPORT) under a supervisor.",
+                           conv_int(1, 512), 1)
+    backlog: int = setting("Listen backlog per worker socket.", conv_int(1), 2048)
+    limits: Limits = setting("Client limits.", conv_section(Limits), default_factory=Limits)
+    drain_timeout: float = setting("On SIGTERM, how long in-flight requests (streams included) "
+                                   "may take to finish before the worker exits.",
+                                   conv_duration, 30.0, shown_default="30s")
+    access_log: AccessLogConfig = setting("Access log.", conv_section(AccessLogConfig),
+                                          default_factory=AccessLogConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderTimeouts:
+    """Upstream timeouts."""
+
+    connect: float = setting("Time to open a connection (TCP and TLS) to the provider.",
+                             conv_duration, 10.0, shown_default="10s")
+    read: float = setting("Longest wait for the next byte from the provider, the first byte "
+                          "included (504 if nothing was sent to the client yet).",
+                          conv_duration, 600.0, shown_default="600s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    """The provider's keep-alive connection pool."""
+
+    max_connections: int = setting("Connections open to the provider at once; requests beyond "
+                                   "wait for a free one.", conv_int(1), 256)
+    idle_timeout: float = setting("Idle pooled connections are closed after this; keep it below "
+                                  "the provider's own keep-alive timeout.",
+                                  conv_duration, 4.0, shown_default="4s")
+
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderConfig:
+    """One upstream provider."""
+
+    kind: str = setting("Adapter: `openai` (any OpenAI-compatible server) or `mock` "
+                        "(built-in, answers locally).", conv_str())
+    base_url: str | None = setting("Base URL up to and including the API version, e.g. "
+                                   "https://api.openai.com/v1 (not used by `mock`).",
+                                   conv_str(r"https?://[^\s/]+(/\S*)?", "an http:// or https:// URL"),
+                                   None)
+    api_key: Secret | None = setting("The provider's API key, normally \"${ENV_VAR}\"; sent as "
+                                     "`Authorization: Bearer`.", conv_secret, None)
+    headers: dict[str, str] = setting("Extra headers sent with every upstream request.",
+                                      conv_map(conv_str(what="a string")), default_factory=dict)
+    timeouts: ProviderTimeouts = setting("Timeouts.", conv_section(ProviderTimeouts),
+                                         default_factory=ProviderTimeouts)
+    pool: PoolConfig = setting("Connection pool.", conv_section(PoolConfig),
+                               default_factory=PoolConfig)
+    verify_tls: bool = setting("Verify the provider's TLS certificate (https only).",
+                               conv_bool, True)
+    ca_file: str | None = setting("PEM bundle of CAs to trust instead of the system store.",
+                                  conv_str(), None)
+    # mock only
+    chunks: int = setting("`mock` only: number of content chunks in a streamed answer.",
+                          conv_int(1, 10000), 4)
+    chunk_delay: float = setting("`mock` only: pause between streamed chunks.",
+                                 conv_duration, 0.0, shown_default="0s")
+    latency: float = setting("`mock` only: time before the first byte of an answer.",
+                             conv_duration, 0.0, shown_default="0s")
+    dimensions: int = setting("`mock` only: length of embedding vectors (unless the request "
+                              "sets `dimensions`).", conv_int(1, 65536), 16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetConfig:
+    """One place a model alias can be served from."""
+
+    provider: str = setting("Name of a provider in `providers`.", conv_str())
+    model: str | None = setting("Model name sent to the provider (default: the alias itself).",
+                                conv_str(), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A model alias that clients put in the `model` field."""
+
+    targets: tuple[TargetConfig, ...] = setting(
+        "Ordered targets; the first healthy one serves the request.",
+        conv_list(conv_section(TargetConfig), min_items=1))
+
+
+_SHA256 = r"[0-9a-fA-F]{64}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyConfig:
+    """A gateway API key that clients send as `Authorization: Bearer <key>`."""
+
+    name: str = setting("Name shown in logs and metrics (never the key itself).",
+                        conv_str(_NAME, "a name of letters, digits, '.', '_' or '-'"))
+    key: Secret | None = setting("The key in clear, normally \"${ENV_VAR}\".", conv_secret, None)
+    key_sha256: str | None = setting("Hex SHA-256 of the key, so the file holds no secret "
+                                     "(`printf %s KEY | sha256sum`).",
+                                     conv_str(_SHA256, "64 hex digits"), None)
+    models: tuple[str, ...] = setting("Model aliases this key may use; `\"*\"` for all.",
+                                      lambda v, p, c: _conv_models(v, p, c), ("*",),
+                                      shown_default='"*"')
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 digest of the key."""
+        if self.key is not None:
+            return hashlib.sha256(self.key.reveal().encode()).digest()
+        assert self.key_sha256 is not None
+        return bytes.fromhex(self.key_sha256)
+
+
+def _conv_models(value: Any, path: str, ctx: Ctx) -> Any:
+    if value == "*":
+        return ("*",)
+    return conv_list(conv_str())(value, path, ctx)
+
+
+def _conv_plugin_settings(value: Any, path: str, ctx: Ctx) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return ctx.error(path, "expected a mapping of settings for this plugin (or nothing)")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole pipeline.yaml."""
+
+    server: ServerConfig = setting("Listener, limits, workers, access log.",
+                                   conv_section(ServerConfig), default_factory=ServerConfig)
+    providers: dict[str, ProviderConfig] = setting(
+        "Upstream providers by name.", conv_map(conv_section(ProviderConfig),
+                                                key=conv_str(_NAME, "a provider name")),
+        default_factory=dict)
+    models: dict[str, ModelConfig] = setting(
+        "Model aliases by name; `\"*\"` catches every alias not listed.",
+        conv_map(conv_section(ModelConfig)), default_factory=dict)
+    keys: tuple[KeyConfig, ...] | None = setting(
+        "Gateway API keys.  Without this section the gateway is open (no authentication).",
+        conv_list(conv_section(KeyConfig)), None)
+    plugins: dict[str, dict[str, Any]] = setting(
+        "Plugins to load (entry-point name or `module.path`), each with its own settings.",
+        conv_map(_conv_plugin_settings), default_factory=dict)
+    #: Where the config was read from (not a YAML key).
+    source: str = field(default="<config>", compare=False)
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """The settings block of plugin ``name`` (empty if not configured)."""
+        return self.plugins.get(name) or {}
+
+
+def _check(cfg: Config, ctx: Ctx) -> None:
+    """Cross-field checks that need the whole tree."""
+    for name, prov in cfg.providers.items():
+        path = f"providers.{name}"
+        if prov.kind == "openai" and not prov.base_url:
+            ctx.error(f"{path}.base_url", "is required for kind openai "
+                                          "(e.g. https://api.openai.com/v1)")
+        if prov.base_url and urlsplit(prov.base_url).query:
+            ctx.error(f"{path}.base_url", "must not contain a query string")
+    for alias, model in cfg.models.items():
+        for i, target in enumerate(model.targets):
+            if target.provider not in cfg.providers:
+                known = ", ".join(cfg.providers) or "none defined"
+                ctx.error(f"models.{alias}.targets[{i}].provider",
+                          f"unknown provider {target.provider!r} (providers: {known})")
+    if cfg.keys is not None:
+        names: set[str] = set()
+        digests: dict[bytes, str] = {}
+        for i, key in enumerate(cfg.keys):
+            path = f"keys[{i}]"
+            if (key.key is None) == (key.key_sha256 is None):
+                ctx.error(path, "give exactly one of `key` or `key_sha256`")
+                continue
+            if key.name in names:
+                ctx.error(f"{path}.name", f"duplicate key name {key.name!r}")
+            names.add(key.name)
+            if key.digest in digests:
+                ctx.error(path, f"same key as {digests[key.digest]!r}")
+            digests[key.digest] = key.name
+            for j, alias in enumerate(key.models):
+                if alias != "*" and alias not in cfg.models and "*" not in cfg.models:
+                    ctx.error(f"{path}.models[{j}]", f"unknown model alias {alias!r}")
+
+
+def from_dict(raw: Any, file: str = "<config>", env: Any = None) -> Config:
+    """Validate a parsed YAML document."""
+    import os
+
+    ctx = Ctx()
+    raw = interpolate(raw, "", ctx, os.environ if env is None else env)
+    cfg = build(Config, raw, "", ctx)
+    if cfg is not INVALID and not ctx.problems:
+        _check(cfg, ctx)
+    if ctx.problems:
+        raise ConfigError(ctx.problems, file)
+    return dataclasses.replace(cfg, source=file)
+
+
+def loads(text: str, file: str = "<config>", env: Any = None) -> Config:
+    """Parse and validate YAML text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([("", f"{where}invalid YAML: {problem}")], file) from None
+    return from_dict(raw, file, env)
+
+
+def load(path: str | Path, env: Any = None) -> Config:
+    """Read and validate a pipeline.yaml file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read the file: {exc.strerror}")], str(p)) from None
+    return loads(text, str(p), env)
+
+
+DEFAULT_YAML = """\
+# Hapax built-in default: a local mock provider, no key, no network.
+server: {host: 127.0.0.1, port: 8080}
+providers:
+  mock: {kind: mock}
+models:
+  "*": {targets: [{provider: mock}]}
+"""
+
+
+def default_config() -> Config:
+    """The built-in default used by `hapax serve` with no file."""
+    return loads(DEFAULT_YAML, "<built-in default>")
+
