@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from hapax.config import Config
     from hapax.pipeline.exchange import Exchange
+    from hapax.pipeline.gateway import Gateway
     from hapax.types import Attempt, Denial, Principal, Response, RoutePlan
 
 hookspec = pluggy.HookspecMarker("hapax")
@@ -36,10 +37,12 @@ hookspec = pluggy.HookspecMarker("hapax")
 
 
 @hookspec
-def hapax_configure(config: Config) -> None:
+def hapax_configure(config: Config, gateway: Gateway) -> None:
     """Called once the configuration is validated, before the first request.
 
-    :param config: the whole :class:`hapax.config.Config`.  A plugin finds its own
+    :param config: the whole :class:`hapax.config.Config`.
+    :param gateway: the :class:`hapax.pipeline.gateway.Gateway` being built; plugins
+        may add metric families with ``gateway.metrics.add(...)``.  A plugin finds its own
         settings with ``config.plugin_settings("my-plugin")`` and raises
         :class:`hapax.errors.ConfigError` (paths relative to its block, e.g.
         ``[("patterns[1]", "unknown pattern 'ssn'")]``) when they are wrong; the gateway

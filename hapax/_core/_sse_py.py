@@ -13,26 +13,28 @@ __all__ = ["SSEDecoder", "event_data"]
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_cr")
+    __slots__ = ("_buf", "_skip_lf")
 
     def __init__(self) -> None:
         self._buf = b""
-        self._cr = False  # the previous piece ended with "\r" (maybe half of "\r\n")
+        # The previous piece ended with "\r": a "\n" starting the next one is the rest of
+        # that "\r\n".  The "\r" itself ends a line either way, so it is not held back
+        # (holding it would delay every event of a CR-only stream by one piece).
+        self._skip_lf = False
 
     @property
     def pending(self) -> int:
         """Bytes held back: the start of an event that is not complete yet."""
-        return len(self._buf) + self._cr
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the events they complete, in order."""
-        if self._cr:
-            data = b"\r" + data
-            self._cr = False
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[0] == 0x0A:  # "\n"
+                data = data[1:]
         if b"\r" in data:
-            if data.endswith(b"\r"):
-                data = data[:-1]
-                self._cr = True
+            self._skip_lf = data.endswith(b"\r")
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + data if self._buf else data
         if b"\n\n" not in buf:
@@ -51,7 +53,7 @@ class SSEDecoder:
         """What is left when the stream ends (an unterminated event, or b"")."""
         rest = self._buf
         self._buf = b""
-        self._cr = False
+        self._skip_lf = False
         return rest
 
 

@@ -52,7 +52,7 @@ class Exchange:
         "method", "path", "query", "headers", "body", "protocol", "client", "request_id",
         "started", "state", "api", "route", "principal", "alias", "plan", "target", "stream",
         "status", "usage", "attempts", "response_headers", "error", "upstream_started",
-        "upstream_time", "finished", "disconnected", "_json",
+        "upstream_time", "finished", "disconnected", "keep_alive", "_json",
     )
 
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes = b"",
@@ -86,6 +86,7 @@ class Exchange:
         self.upstream_time = 0.0
         self.finished = 0.0
         self.disconnected = False
+        self.keep_alive = True
         self._json: Any = None
 
     @property

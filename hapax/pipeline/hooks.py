@@ -132,8 +132,12 @@ class Stage:
     def call_sync(self, *args: Any) -> list[Any]:
         """Call sync implementations now; return the coroutines of async ones."""
         pending = []
-        for fn, is_async, pick, _plugin in self.impls:
-            result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
+        for fn, is_async, pick, plugin in self.impls:
+            try:
+                result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
+            except Exception:
+                log.exception("plugin %r failed in %s", plugin, self.name)
+                continue
             if is_async:
                 pending.append(result)
         return pending
@@ -215,7 +219,8 @@ def load_plugins(config: Any, extra: Iterable[tuple[str, Any]] = ()
         infos.append(PluginInfo(name, source, hooks))
 
     for mod in BUILTIN_PLUGINS:
-        register(importlib.import_module(mod), mod, "builtin")
+        # Built-ins are instances, so two gateways in one process keep separate state.
+        register(importlib.import_module(mod).Plugin(), mod, "builtin")
 
     eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     wanted = set(config.plugins) if config is not None else set()
@@ -261,13 +266,13 @@ def _impls_of(pm: pluggy.PluginManager, plugin: Any) -> list[Any]:
     return list(pm.get_hookcallers(plugin) or [])
 
 
-def configure_plugins(pm: pluggy.PluginManager, config: Any) -> None:
+def configure_plugins(pm: pluggy.PluginManager, config: Any, gateway: Any) -> None:
     """Run ``hapax_configure`` on every plugin; a plugin's ConfigError is reported under
     ``plugins.<plugin name>``."""
     problems: list[tuple[str, str]] = []
     for impl in reversed(pm.hook.hapax_configure.get_hookimpls()):
         try:
-            impl.function(*[{"config": config}[a] for a in impl.argnames])
+            impl.function(*[{"config": config, "gateway": gateway}[a] for a in impl.argnames])
         except ConfigError as exc:
             prefix = f"plugins.{impl.plugin_name}"
             problems.extend(((f"{prefix}.{p}" if p and not p.startswith("[") else prefix + p),

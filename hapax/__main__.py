@@ -1,0 +1,5 @@
+import sys
+
+from hapax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""Gateway keys: authentication and the per-key model allow-list.
+
+Clients send ``Authorization: Bearer <key>`` (what the OpenAI SDKs send) or
+``x-api-key: <key>``.  Keys are compared by SHA-256, so pipeline.yaml may hold only
+hashes.  Without a ``keys`` section every caller is :data:`hapax.types.ANONYMOUS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from hapax.errors import AuthenticationError
+from hapax.types import ANONYMOUS, Denial, Principal
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.keys: dict[bytes, Principal] | None = None
+
+    def hapax_configure(self, config: Any) -> None:
+        if config.keys is None:
+            self.keys = None
+            return
+        self.keys = {
+            k.digest: Principal(k.name, None if "*" in k.models else frozenset(k.models))
+            for k in config.keys
+        }
+
+    def hapax_authenticate(self, exchange: Any) -> Principal:
+        if self.keys is None:
+            return ANONYMOUS
+        headers = exchange.headers
+        auth = headers.get("authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthenticationError("the Authorization header must be 'Bearer <key>'")
+            token = token.strip()
+        else:
+            token = headers.get("x-api-key", "").strip()
+            if not token:
+                raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'",
+                                          code="missing_api_key")
+        principal = self.keys.get(hashlib.sha256(token.encode()).digest())
+        if principal is None:
+            # Never echo the key, not even a prefix: it may be a real secret sent here by mistake.
+            raise AuthenticationError("invalid API key")
+        return principal
+
+    def hapax_authorize(self, exchange: Any, principal: Principal) -> Denial | None:
+        alias = exchange.alias
+        if alias is not None and not principal.may_use(alias):
+            return Denial(403, f"key {principal.name!r} may not use model {alias!r}",
+                          "permission_error", "model_not_allowed")
+        return None

@@ -1,0 +1,414 @@
+"""The Gateway: plugins, providers and the walk of a request through the stages.
+
+A listener builds an :class:`~hapax.pipeline.exchange.Exchange`, awaits
+:meth:`Gateway.handle` (which never raises: errors become error responses in the
+front door's format), writes the response, then calls :meth:`Gateway.finish`, which
+runs the after-response stage off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+
+from hapax import __version__
+from hapax._core.json import replace_string_value
+from hapax.config import Config
+from hapax.errors import (
+    AuthenticationError,
+    BadRequest,
+    ConfigError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    PluginError,
+    RequestError,
+    UpstreamError,
+)
+from hapax.metrics import Gauge, Metrics
+from hapax.pipeline.exchange import Exchange
+from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
+from hapax.providers.base import Provider
+from hapax.types import Attempt, Response, RoutePlan, StreamResponse, Target
+
+__all__ = ["Gateway", "error_response"]
+
+log = logging.getLogger("hapax")
+
+_JSON = b"application/json"
+_CHAT = "chat/completions"
+_EMBEDDINGS = "embeddings"
+
+
+def error_response(exchange: Exchange, exc: RequestError) -> Response:
+    """Render ``exc`` in the error format of the exchange's front door."""
+    body = orjson.dumps({"error": {"message": exc.message, "type": exc.type,
+                                   "param": exc.param, "code": exc.code}})
+    headers = [(b"content-type", _JSON), *exc.headers]
+    return Response(exc.status, body, headers)
+
+
+class Gateway:
+    """One worker's pipeline: built from a :class:`~hapax.config.Config`."""
+
+    def __init__(self, config: Config, *, plugins: Iterable[tuple[str, Any]] = ()) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.pm, self.plugin_infos = load_plugins(config, plugins)
+        configure_plugins(self.pm, config, self)
+        self.hooks = Hooks(self.pm)
+        self.providers = self._build_providers(config)
+        self.max_concurrent = config.server.limits.max_concurrent
+        self.in_flight = 0
+        self.ready = False
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._escaped: dict[str, bytes] = {}
+        self._transform = bool(self.hooks.transform_request)
+        self._after = self.hooks.after_response
+        self._routing = self.pm.get_plugin("hapax.builtins.routing")
+        routes: dict[str, tuple[tuple[str, ...], Callable[[Exchange], Awaitable[Any]], str]] = {}
+        for prefix in ("/v1", ""):
+            routes[f"{prefix}/chat/completions"] = (("POST",), self._chat, "chat")
+            routes[f"{prefix}/embeddings"] = (("POST",), self._embeddings, "embeddings")
+            routes[f"{prefix}/models"] = (("GET", "HEAD"), self._models, "models")
+        routes["/healthz"] = (("GET", "HEAD"), self._healthz, "healthz")
+        routes["/readyz"] = (("GET", "HEAD"), self._readyz, "readyz")
+        routes["/metrics"] = (("GET", "HEAD"), self._metrics, "metrics")
+        self._routes = routes
+        self.metrics.add(Gauge("hapax_requests_in_flight", "Requests being handled now.", (),
+                               lambda: {(): float(self.in_flight)}))
+        self.metrics.add(Gauge("hapax_upstream_connections", "Upstream connections by "
+                               "provider and state (open|idle).", ("provider", "state"),
+                               self._pool_stats))
+
+    def _build_providers(self, config: Config) -> dict[str, Provider]:
+        kinds: dict[str, Callable[..., Provider]] = {}
+        self.pm.hook.hapax_register_providers(register=kinds.__setitem__)
+        providers, problems = {}, []
+        for name, pc in config.providers.items():
+            factory = kinds.get(pc.kind)
+            if factory is None:
+                problems.append((f"providers.{name}.kind", f"unknown provider kind {pc.kind!r} "
+                                 f"(known: {', '.join(sorted(kinds))})"))
+                continue
+            providers[name] = factory(name, pc)
+        if problems:
+            raise ConfigError(problems, config.source)
+        return providers
+
+    def _pool_stats(self) -> dict[tuple[str, ...], float]:
+        out = {}
+        for name, p in self.providers.items():
+            for state, value in p.stats().items():
+                out[(name, state)] = float(value)
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        for provider in self.providers.values():
+            await provider.start()
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        for provider in self.providers.values():
+            try:
+                await provider.close()
+            except Exception:  # pragma: no cover - best effort on shutdown
+                log.exception("closing provider %s", provider.name)
+
+    # -- the request walk ---------------------------------------------------------
+
+    async def handle(self, ex: Exchange) -> Response | StreamResponse:
+        """Answer one exchange.  Never raises (but for cancellation)."""
+        self.in_flight += 1
+        try:
+            if self.in_flight > self.max_concurrent:
+                raise Overloaded("the gateway is at its concurrency limit; retry shortly",
+                                 headers=[(b"retry-after", b"1")])
+            entry = self._routes.get(ex.path)
+            if entry is None:
+                ex.route = "other"
+                raise NotFound(f"Unknown request URL: {ex.method} {ex.path}",
+                               code="unknown_url")
+            methods, handler, ex.route = entry
+            if ex.method not in methods:
+                raise MethodNotAllowed(f"{ex.method} is not allowed on {ex.path}",
+                                       headers=[(b"allow", ", ".join(methods).encode())])
+            resp = await handler(ex)
+        except RequestError as exc:
+            ex.error = exc.message
+            resp = error_response(ex, exc)
+        except PluginError as exc:
+            log.error("request %s: %s", ex.request_id, exc, exc_info=exc.__cause__)
+            ex.error = str(exc)
+            resp = error_response(ex, RequestError("internal error in a gateway plugin",
+                                                   code="plugin_error"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("request %s failed", ex.request_id)
+            ex.error = f"{type(exc).__name__}: {exc}"
+            resp = error_response(ex, RequestError("internal gateway error",
+                                                   code="internal_error"))
+        ex.status = resp.status
+        return resp
+
+    async def _chat(self, ex: Exchange) -> Response | StreamResponse:
+        return await self._proxy(ex, _CHAT)
+
+    async def _embeddings(self, ex: Exchange) -> Response | StreamResponse:
+        return await self._proxy(ex, _EMBEDDINGS)
+
+    async def _proxy(self, ex: Exchange, endpoint: str) -> Response | StreamResponse:
+        hooks = self.hooks
+        if hooks.request_received:
+            await hooks.request_received(ex)
+        principal = await hooks.authenticate(ex)
+        if principal is None:
+            raise AuthenticationError("no authentication plugin accepted the request")
+        ex.principal = principal
+        body = ex.json
+        if type(body) is not dict:
+            raise BadRequest("the request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("you must provide a model parameter", param="model",
+                             code="missing_model")
+        ex.alias = model
+        if endpoint is _CHAT:
+            stream = body.get("stream")
+            if stream is not None and type(stream) is not bool:
+                raise BadRequest("'stream' must be a boolean", param="stream")
+            ex.stream = stream is True
+            messages = body.get("messages")
+            if type(messages) is not list or not messages:
+                raise BadRequest("'messages' must be a non-empty array", param="messages")
+        elif "input" not in body:
+            raise BadRequest("you must provide an input parameter", param="input")
+        denial = await hooks.authorize(ex, principal)
+        if denial is not None:
+            raise denial.to_error()
+        if self._transform:
+            await hooks.transform_request(ex)
+            model = ex.json.get("model")
+            if isinstance(model, str) and model:
+                ex.alias = model
+        plan = await hooks.route(ex)
+        if plan is None:
+            raise NotFound(f"The model `{ex.alias}` does not exist or you do not have access "
+                           f"to it.", code="model_not_found", param="model")
+        ex.plan = plan
+        if hooks.admit:
+            denial = await hooks.admit(ex, plan)
+            if denial is not None:
+                raise denial.to_error()
+        if hooks.cache_lookup:
+            cached = await hooks.cache_lookup(ex)
+            if cached is not None:
+                return cached
+        return await self._send(ex, plan, plan.targets[0], endpoint)
+
+    def _upstream_body(self, ex: Exchange, target: Target) -> bytes:
+        if self._transform:
+            obj = ex.json
+            if obj.get("model") != target.model:
+                obj = {**obj, "model": target.model}
+            return orjson.dumps(obj)
+        if target.model == ex.alias:
+            return ex.body
+        escaped = self._escaped.get(target.model)
+        if escaped is None:
+            escaped = self._escaped[target.model] = orjson.dumps(target.model)[1:-1]
+        body = replace_string_value(ex.body, b"model", escaped)
+        if body is None:  # e.g. duplicate keys or odd input: fall back to re-serialising
+            body = orjson.dumps({**ex.json, "model": target.model})
+        return body
+
+    async def _send(self, ex: Exchange, plan: RoutePlan, target: Target,
+                    endpoint: str) -> Response | StreamResponse:
+        provider = self.providers.get(target.provider)
+        if provider is None:
+            raise RequestError(f"route for {plan.alias!r} names unknown provider "
+                               f"{target.provider!r}", code="bad_route")
+        attempt = Attempt(target, len(ex.attempts) + 1)
+        ex.attempts.append(attempt)
+        if self.hooks.before_attempt:
+            await self.hooks.before_attempt(ex, attempt)
+        body = self._upstream_body(ex, target)
+        ex.target = target
+        t0 = attempt.started = ex.upstream_started = time.perf_counter()
+        try:
+            resp = await provider.send(ex, attempt, endpoint, body)
+        except UpstreamError as exc:
+            attempt.latency = time.perf_counter() - t0
+            ex.upstream_time += attempt.latency
+            attempt.error = str(exc)
+            attempt.status = exc.status
+            self.metrics.upstream_errors.inc((target.provider, exc.code or "error"))
+            raise
+        attempt.status = resp.status
+        if resp.streaming:
+            # Wait for the first events before answering: until something is sent, a
+            # failure can still become a proper error response (and, later, a failover).
+            events = resp.events.__aiter__()
+            try:
+                first = await events.__anext__()
+            except StopAsyncIteration:
+                first = []
+            except UpstreamError as exc:
+                if resp.close is not None:
+                    resp.close()
+                attempt.latency = ex.upstream_time = time.perf_counter() - t0
+                attempt.error = str(exc)
+                self.metrics.upstream_errors.inc((target.provider, exc.code or "error"))
+                raise
+            except BaseException:
+                if resp.close is not None:
+                    resp.close()
+                raise
+            return StreamResponse(resp.status, self._relay(ex, events, first, attempt),
+                                  resp.headers, close=resp.close)
+        attempt.latency = ex.upstream_time = time.perf_counter() - t0
+        if 200 <= resp.status < 300:
+            ex.state["response"] = resp
+            if self.hooks.transform_response:
+                await self.hooks.transform_response(ex, resp)
+            if self.hooks.cache_store:
+                await self.hooks.cache_store(ex, resp)
+        return resp
+
+    async def _relay(self, ex: Exchange, events: AsyncIterator[list[bytes]], first: list[bytes],
+                     attempt: Attempt) -> AsyncIterator[list[bytes]]:
+        """Relay upstream events; note usage; run chunk transforms if any exist.
+
+        A failure once the stream has started ends it with an in-band error event and
+        no ``[DONE]``, so the client can never take a cut stream for a complete one.
+        """
+        transform = self.hooks.transform_chunk
+        batch: list[bytes] | None = first
+        try:
+            while True:
+                if batch is None:
+                    try:
+                        batch = await events.__anext__()
+                    except StopAsyncIteration:
+                        return
+                if transform:
+                    batch = await self._transform_events(ex, batch)
+                for ev in batch:
+                    if b'"prompt_tokens"' in ev:
+                        self._note_usage(ex, ev)
+                yield batch
+                batch = None
+        except UpstreamError as exc:
+            ex.error = exc.message
+            attempt.error = exc.message
+            self.metrics.upstream_errors.inc((attempt.target.provider, exc.code or "error"))
+            yield [b"data: " + orjson.dumps({"error": {
+                "message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
+                + b"\n\n"]
+        finally:
+            attempt.latency = ex.upstream_time = time.perf_counter() - attempt.started
+
+    @staticmethod
+    def _note_usage(ex: Exchange, event: bytes) -> None:
+        try:
+            obj = orjson.loads(event[event.index(b"{"):])
+        except (ValueError, orjson.JSONDecodeError):
+            return
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if isinstance(usage, dict):
+            ex.usage = usage
+
+    async def _transform_events(self, ex: Exchange, events: list[bytes]) -> list[bytes]:
+        out = []
+        for ev in events:
+            start = ev.find(b"{")
+            if not ev.startswith(b"data:") or start < 0:
+                out.append(ev)
+                continue
+            try:
+                chunk = orjson.loads(ev[start:])
+            except orjson.JSONDecodeError:
+                out.append(ev)
+                continue
+            for fn, is_async, pick, _ in self.hooks.transform_chunk.impls:
+                args = (ex, chunk)
+                result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
+                if is_async:
+                    result = await result
+                if result is not None:
+                    chunk = result
+            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        return out
+
+    # -- gateway endpoints ----------------------------------------------------------
+
+    async def _models(self, ex: Exchange) -> Response:
+        principal = await self.hooks.authenticate(ex)
+        if principal is None:
+            raise AuthenticationError("no authentication plugin accepted the request")
+        ex.principal = principal
+        aliases = self._routing.aliases() if self._routing is not None else []
+        data = [{"id": a, "object": "model", "created": 0, "owned_by": "hapax"}
+                for a in aliases if principal.may_use(a)]
+        return Response(200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _healthz(self, ex: Exchange) -> Response:
+        return Response(200, orjson.dumps({"status": "ok", "version": __version__,
+                                           "pid": os.getpid()}))
+
+    async def _readyz(self, ex: Exchange) -> Response:
+        if self.ready and not self.draining:
+            return Response(200, b'{"status":"ready"}')
+        return Response(503, b'{"status":"draining"}' if self.draining
+                        else b'{"status":"starting"}')
+
+    async def _metrics(self, ex: Exchange) -> Response:
+        return Response(200, self.metrics.render(),
+                        content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+    # -- after the response -------------------------------------------------------------
+
+    def finish(self, ex: Exchange) -> None:
+        """The response is written (or abandoned): run after-response work off the
+        hot path."""
+        ex.finished = time.perf_counter()
+        self.in_flight -= 1
+        asyncio.get_running_loop().call_soon(self._after_response, ex)
+
+    def _after_response(self, ex: Exchange) -> None:
+        if ex.usage is None:
+            resp = ex.state.pop("response", None)
+            if resp is not None:
+                obj = resp.json
+                usage = obj.get("usage") if isinstance(obj, dict) else None
+                if isinstance(usage, dict):
+                    ex.usage = usage
+        if not self._after:
+            return
+        try:
+            pending = self._after.call_sync(ex)
+        except Exception:
+            log.exception("after-response hook failed for request %s", ex.request_id)
+            return
+        for coro in pending:
+            task = asyncio.ensure_future(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("after-response hook failed", exc_info=task.exception())

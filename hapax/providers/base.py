@@ -1,0 +1,52 @@
+"""What a provider adapter is."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hapax.config import ProviderConfig
+    from hapax.pipeline.exchange import Exchange
+    from hapax.types import Attempt, Response, StreamResponse
+
+__all__ = ["Provider", "ENDPOINTS"]
+
+#: Operations a front door may ask of a provider.
+ENDPOINTS = ("chat/completions", "embeddings")
+
+
+class Provider:
+    """Sends requests to one configured provider.
+
+    Subclasses implement :meth:`send`.  ``start`` runs inside the worker's event loop
+    before the first request, ``close`` on shutdown.
+    """
+
+    kind = "?"
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+
+    async def start(self) -> None:
+        """Open resources (connection pools) on the running loop."""
+
+    async def close(self) -> None:
+        """Release resources."""
+
+    async def send(self, exchange: Exchange, attempt: Attempt, endpoint: str,
+                   body: bytes) -> Response | StreamResponse:
+        """Send ``body`` (OpenAI wire format, ``model`` already set for the target) to
+        ``endpoint``.
+
+        Returns a :class:`~hapax.types.Response` (any status; provider 4xx bodies pass
+        through) or, for a successful streamed request, a
+        :class:`~hapax.types.StreamResponse` whose events are complete SSE events.
+        Raises :class:`~hapax.errors.UpstreamError` subclasses when the provider cannot
+        be reached or answers garbage.
+        """
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, int]:
+        """Gauges for /metrics (e.g. open and idle connections)."""
+        return {}

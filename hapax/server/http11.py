@@ -1,0 +1,469 @@
+"""HTTP/1.1 listener: bytes in (parsed by httptools), Exchange out, response bytes back.
+
+State is grouped by lifetime: :class:`ListenerState` (one per listening socket),
+:class:`HTTP11Protocol` (one per connection) and the request being parsed (a few
+attributes reset at each message).  Requests on one connection are answered in order
+(pipelining); the gateway work happens in :meth:`Gateway.handle`, shared with HTTP/3.
+
+Flow control: reading pauses when ``max_pipeline`` requests are queued; writing a
+stream awaits the transport's drain (``send_timeout`` caps how long a client may stall).
+Timers: ``header_timeout`` (head must arrive), ``body_timeout`` (gap while a body
+arrives), ``keepalive`` (idle between requests) — one timer handle per connection,
+re-armed lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import httptools
+import orjson
+
+from hapax.pipeline.exchange import Exchange, new_request_id
+
+if TYPE_CHECKING:
+    from hapax.pipeline.gateway import Gateway
+    from hapax.types import Response, StreamResponse
+
+__all__ = ["HTTP11Protocol", "ListenerState", "status_line"]
+
+log = logging.getLogger("hapax.server")
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+_IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3
+
+
+class ListenerState:
+    """What every connection of one listener shares."""
+
+    def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
+        self.gateway = gateway
+        self.loop = loop
+        self.limits = gateway.config.server.limits
+        self.connections: set[HTTP11Protocol] = set()
+        self.draining = False
+        self._date_sec = -1
+        self._date = b""
+
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_sec:
+            self._date_sec = now
+            self._date = b"date: " + time.strftime(
+                "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode() + b"\r\nserver: hapax\r\n"
+        return self._date
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop parsing a request already refused."""
+
+
+class _ParseFailure:
+    """Queued in place of a request that could not be parsed: answered in turn, then the
+    connection closes."""
+
+    __slots__ = ("status", "message", "code")
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        self.status, self.message, self.code = status, message, code
+
+
+class HTTP11Protocol(asyncio.Protocol):
+    __slots__ = (
+        "s", "gateway", "loop", "limits", "transport", "parser", "queue", "task", "phase",
+        "timer", "deadline", "last_read", "read_paused", "write_paused", "drain_waiter",
+        "closed", "eof", "client", "_url", "_headers", "_head_size", "_hdr_bytes", "_body",
+        "_body_size", "_keep_alive", "_failed", "_expect",
+    )
+
+    def __init__(self, state: ListenerState) -> None:
+        self.s = state
+        self.gateway = state.gateway
+        self.loop = state.loop
+        self.limits = state.limits
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange | _ParseFailure] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.phase = _IDLE
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.last_read = 0.0
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.eof = False
+        self.client: tuple[str, int] | None = None
+        self._failed = False
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._hdr_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._keep_alive = True
+        self._expect = False
+
+    # -- connection lifecycle -------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.s.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        self._arm(self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.s.connections.discard(self)
+        self._disarm()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # the client left: stop its request (and the upstream call)
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        # Half-close: the client finished sending; answer what it asked, then close.
+        self.eof = True
+        if (self.task is None and not self.queue) or self._failed:
+            if self.task is None:
+                self._close()
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return  # answering an unusable request (or lingering before close): discard
+        if self.phase == _BODY:
+            self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported", "upgrade_not_supported")
+            return
+        except httptools.HttpParserError as exc:
+            # A callback that already failed the request stopped the parser on purpose.
+            if not self._failed:
+                self._fail(400, f"malformed HTTP request: {_reason(exc)}", "bad_http_request")
+            return
+        if self.phase == _HEAD:
+            # httptools buffers an incomplete head itself: bound it here.
+            self._head_size += len(data)
+            if self._head_size > self.limits.max_header:
+                self._fail(431, f"request head larger than {self.limits.max_header} bytes",
+                           "header_too_large")
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self.phase = _HEAD
+        self._arm(self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._hdr_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._hdr_bytes += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        if self._hdr_bytes > self.limits.max_header:
+            self._fail(431, f"request head larger than {self.limits.max_header} bytes",
+                       "header_too_large")
+            raise _StopParsing
+        self._keep_alive = self.parser.should_keep_alive()
+        self.phase = _BODY
+        self._head_size = 0
+        limit = self.limits.max_body
+        expect = False
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    if int(value) > limit:
+                        self._fail(413, f"request body larger than {limit} bytes",
+                                   "request_too_large")
+                        raise _StopParsing
+                except ValueError:
+                    pass  # httptools already refuses a bad Content-Length
+            elif lname == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        self._expect = expect
+        if expect and self.task is None and not self.queue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._expect = False
+        self.last_read = self.loop.time()
+        self._arm(self.limits.body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body:
+            self._fail(413, f"request body larger than {self.limits.max_body} bytes",
+                       "request_too_large")
+            raise _StopParsing
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._failed:
+            return
+        headers: dict[str, str] = {}
+        for name, value in self._headers:
+            key = name.decode("latin-1").lower()
+            val = value.decode("latin-1")
+            prev = headers.get(key)
+            headers[key] = val if prev is None else f"{prev}, {val}"
+        url = self._url
+        if url[:1] != b"/":  # absolute-form (http://host/path) or "*"
+            idx = url.find(b"/", url.find(b"//") + 2) if b"//" in url else -1
+            url = url[idx:] if idx >= 0 else b"/"
+        path, _, query = url.partition(b"?")
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        ex = Exchange(self.parser.get_method().decode("ascii", "replace"),
+                      path.decode("latin-1"), headers, body,
+                      query=query.decode("latin-1") if query else None, client=self.client)
+        ex.keep_alive = self._keep_alive and not self.s.draining
+        ex.state["expect"] = self._expect
+        self._body = []
+        self.phase = _BUSY
+        self._disarm()
+        self.queue.append(ex)
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+        elif len(self.queue) >= self.limits.max_pipeline and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _fail(self, status: int, message: str, code: str) -> None:
+        """The byte stream is unusable: answer (in turn) and close."""
+        self._failed = True
+        self._disarm()
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self.queue.append(_ParseFailure(status, message, code))
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+
+    # -- timers -----------------------------------------------------------------------
+
+    def _arm(self, timeout: float) -> None:
+        self.deadline = timeout
+        if self.timer is None:
+            self.timer = self.loop.call_later(timeout, self._on_timer)
+        else:
+            # Re-arm lazily: the pending handle re-checks when it fires.
+            self.last_read = self.loop.time()
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed or self._failed:
+            return
+        elapsed = self.loop.time() - self.last_read
+        remaining = self.deadline - elapsed
+        if self.phase == _BUSY or remaining > 0.001:
+            if self.phase != _BUSY:
+                self.timer = self.loop.call_later(max(remaining, 0.001), self._on_timer)
+            return
+        if self.phase == _IDLE:
+            self._close()  # keep-alive expired
+        elif self.phase == _HEAD:
+            if self._head_size == 0 and not self._url:
+                self._close()  # connected but never sent anything
+            else:
+                self._fail(408, "timed out waiting for the request head", "request_timeout")
+        else:
+            self._fail(408, "timed out waiting for the request body", "request_timeout")
+
+    # -- answering ----------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Answer queued requests in order; one task per busy connection."""
+        gateway = self.gateway
+        try:
+            while self.queue and not self.closed:
+                item = self.queue.popleft()
+                if self.read_paused and not self._failed and len(self.queue) < \
+                        self.limits.max_pipeline // 2:
+                    self.read_paused = False
+                    self.transport.resume_reading()
+                if isinstance(item, _ParseFailure):
+                    self._write_failure(item)
+                    return
+                ex = item
+                if ex.state.pop("expect", False):
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                try:
+                    resp = await gateway.handle(ex)
+                    if resp.streaming:
+                        await self._write_stream(ex, resp)  # type: ignore[arg-type]
+                    else:
+                        self._write(ex, resp)  # type: ignore[arg-type]
+                except asyncio.CancelledError:
+                    ex.disconnected = True
+                    if not ex.status or ex.status < 400:
+                        ex.status = 499
+                    return
+                finally:
+                    gateway.finish(ex)
+                if not ex.keep_alive or self.s.draining:
+                    self._close()
+                    return
+        finally:
+            self.task = None
+            if not self.closed and not self._failed:
+                if self.eof and not self.queue:
+                    self._close()
+                elif not self.queue and not self._failed and self.phase == _BUSY:
+                    self.phase = _IDLE
+                    self.last_read = self.loop.time()
+                    self._disarm()
+                    self.deadline = self.limits.keepalive
+                    self.timer = self.loop.call_later(self.limits.keepalive, self._on_timer)
+
+    def _head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]],
+              framing: bytes) -> bytes:
+        parts = [status_line(status)]
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
+        for name, value in ex.response_headers:
+            parts.append(name + b": " + value + b"\r\n")
+        target = ex.target
+        parts.append(b"x-request-id: " + ex.request_id.encode("latin-1") +
+                     b"\r\nx-hapax-provider: " +
+                     (target.provider.encode() if target is not None else b"hapax") + b"\r\n")
+        parts.append(self.s.date_header())
+        parts.append(framing)
+        if not ex.keep_alive or self.s.draining:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _write(self, ex: Exchange, resp: Response) -> None:
+        body = resp.body
+        head = self._head(ex, resp.status, resp.headers, b"content-length: %d\r\n" % len(body))
+        if ex.method == "HEAD":
+            self.transport.write(head)
+        else:
+            self.transport.write(head + body)
+
+    async def _write_stream(self, ex: Exchange, resp: StreamResponse) -> None:
+        transport = self.transport
+        events = resp.events
+        first = True
+        try:
+            async for batch in events:
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                if not data:
+                    continue
+                chunk = b"%x\r\n%s\r\n" % (len(data), data)
+                if first:
+                    # The head goes out with the first event: one write, one packet.
+                    chunk = self._head(ex, resp.status, resp.headers,
+                                       b"transfer-encoding: chunked\r\n") + chunk
+                    first = False
+                transport.write(chunk)
+                if self.write_paused:
+                    await self._drain()
+            if first:
+                transport.write(self._head(ex, resp.status, resp.headers,
+                                           b"transfer-encoding: chunked\r\n"))
+            transport.write(b"0\r\n\r\n")
+        finally:
+            if resp.close is not None:
+                resp.close()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _drain(self) -> None:
+        waiter = self.drain_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(waiter, self.limits.send_timeout)
+        except asyncio.TimeoutError:
+            log.info("client %s stopped reading for %.0fs; disconnecting", self.client,
+                     self.limits.send_timeout)
+            self.transport.abort()
+            raise asyncio.CancelledError from None
+        finally:
+            self.drain_waiter = None
+        if self.closed:
+            raise asyncio.CancelledError
+
+    def _write_failure(self, failure: _ParseFailure) -> None:
+        body = orjson.dumps({"error": {"message": failure.message, "type":
+                                       "invalid_request_error", "param": None,
+                                       "code": failure.code}})
+        head = (status_line(failure.status) + b"content-type: application/json\r\n"
+                b"content-length: %d\r\nx-request-id: %s\r\nx-hapax-provider: hapax\r\n"
+                % (len(body), new_request_id().encode()) + self.s.date_header() +
+                b"connection: close\r\n\r\n")
+        self.transport.write(head + body)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close without losing the error response: closing a socket that still has
+        unread request bytes sends a reset, which can destroy the response before the
+        client reads it.  Stop writing, discard input for a moment, then close."""
+        if self.closed:
+            return
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except OSError:
+            self._close()
+            return
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.eof = True
+        self.loop.call_later(2.0, self._close)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._disarm()
+            self.transport.close()
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Drain: close now if idle, else after the response in progress."""
+        if self.task is None and not self.queue:
+            self._close()
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:120]
