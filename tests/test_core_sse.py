@@ -109,9 +109,11 @@ def test_byte_by_byte(impl: ModuleType, eol: bytes) -> None:
         [b"data: a\r\n\r", b"\n"],
         [b"data: a\r", b"", b"\n", b"\r", b"", b"\n"],
         [b"data: a\r", b"\r"],  # two lone CRs
+        [b"data: a\r", b"\r", b"\n"],
         [b"data: a\r\r"],
-        [b"data: a\n\r"],  # mixed: LF then a lone CR, held until the stream goes on
+        [b"data: a\n\r"],  # LF, then a lone CR
         [b"data: a\r", b"\n\n"],
+        [b"data: a\r", b"\n", b"\n"],
     ],
 )
 def test_line_endings_split_across_feeds(impl: ModuleType, pieces: list[bytes]) -> None:
@@ -119,19 +121,22 @@ def test_line_endings_split_across_feeds(impl: ModuleType, pieces: list[bytes]) 
     events = []
     for piece in pieces:
         events += decoder.feed(piece)
-    if not events:  # a final lone CR is only known to be one when more bytes come
-        assert decoder.pending
-        events += decoder.feed(b"x")
     assert events == [b"data: a\n\n"]
+    assert decoder.pending == 0
 
 
-def test_trailing_cr_is_pending(impl: ModuleType) -> None:
+def test_a_trailing_cr_ends_its_line_at_once(impl: ModuleType) -> None:
+    # Whether a "\n" follows or not, the "\r" ended a line: a CR-only stream must not
+    # have each event wait for the next piece.
     decoder = impl.SSEDecoder()
     assert decoder.feed(b"data: a\r") == []
-    assert decoder.pending == len(b"data: a\r")
+    assert decoder.pending == len(b"data: a\n")
     assert decoder.feed(b"") == []
-    assert decoder.pending == len(b"data: a\r")
+    assert decoder.feed(b"\n") == []  # the rest of "\r\n", not a blank line
+    assert decoder.pending == len(b"data: a\n")
     assert decoder.feed(b"\r") == [b"data: a\n\n"]
+    assert decoder.pending == 0
+    assert decoder.feed(b"\n") == []
     assert decoder.pending == 0
 
 
@@ -168,13 +173,12 @@ def test_flush_returns_the_unterminated_tail(impl: ModuleType) -> None:
     assert decoder.feed(b"data: b\n\n") == [b"data: b\n\n"]
 
 
-def test_flush_keeps_a_trailing_lf_and_drops_a_held_cr(impl: ModuleType) -> None:
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_flush_normalises_a_trailing_line_ending(impl: ModuleType, eol: bytes) -> None:
     decoder = impl.SSEDecoder()
-    decoder.feed(b"data: a\n")
+    decoder.feed(b"data: a" + eol)
     assert decoder.flush() == b"data: a\n"
-    decoder.feed(b"data: a\r")
-    assert decoder.flush() == b"data: a"
-    assert decoder.feed(b"\n") == []  # the held CR is forgotten too
+    assert decoder.feed(b"\n") == []  # a fresh stream: not the rest of a "\r\n"
     assert decoder.pending == 1
 
 

@@ -162,9 +162,6 @@ cdef class SSEDecoder:
             if p[0] == LF:
                 p += 1
                 n -= 1
-        # The held tail has no "\n\n", so a match can start at its last byte at the
-        # earliest: we never rescan it (the spec does, which is quadratic in the
-        # number of pieces of a long event).
         if memchr(p, CR, <size_t>n) != NULL:
             self._append_normalised(p, n)
         elif old == 0:
@@ -181,6 +178,9 @@ cdef class SSEDecoder:
             memcpy(self._buf + old, p, <size_t>n)
             self._len = old + n
         if self._len > old:
+            # The held tail has no "\n\n", so a match starts at its last byte at the
+            # earliest: it is never rescanned (the spec rescans it, which is quadratic
+            # in the number of pieces of a long event).
             self._keep(_cut(self._buf, self._len, max(old - 1, 0), events))
         return events
 
