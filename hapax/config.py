@@ -143,7 +143,8 @@ class ProviderConfig:
                         "(built-in, answers locally).", conv_str())
     base_url: str | None = setting("Base URL up to and including the API version, e.g. "
                                    "https://api.openai.com/v1 (not used by `mock`).",
-                                   conv_str(r"https?://[^\s/]+(/\S*)?", "an http:// or https:// URL"),
+                                   conv_str(r"https?://[^\s/]+(/\S*)?",
+                                            "an http:// or https:// URL"),
                                    None)
     api_key: Secret | None = setting("The provider's API key, normally \"${ENV_VAR}\"; sent as "
                                      "`Authorization: Bearer`.", conv_secret, None)

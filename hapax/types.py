@@ -119,7 +119,8 @@ class Response:
 
 
 class StreamResponse:
-    """A streamed response: ``events`` yields raw bytes to write, in order.
+    """A streamed response: ``events`` yields lists of complete SSE events (raw bytes,
+    each ending with a blank line), a list per upstream read, in order.
 
     ``close`` (if set) is called exactly once when the stream ends or is abandoned,
     and releases what feeds it (e.g. the upstream connection).
@@ -128,7 +129,7 @@ class StreamResponse:
     __slots__ = ("status", "headers", "events", "close")
     streaming = True
 
-    def __init__(self, status: int, events: AsyncIterator[bytes],
+    def __init__(self, status: int, events: AsyncIterator[list[bytes]],
                  headers: list[tuple[bytes, bytes]] | None = None,
                  close: Callable[[], None] | None = None) -> None:
         self.status = status

@@ -72,10 +72,10 @@ class Exchange:
         self.state: dict[str, Any] = {}
         self.api = "openai"
         self.route: str = path
-        self.principal = None
+        self.principal: Any = None
         self.alias: str | None = None
-        self.plan = None
-        self.target = None
+        self.plan: Any = None
+        self.target: Any = None
         self.stream = False
         self.status = 0
         self.usage: dict[str, int] | None = None

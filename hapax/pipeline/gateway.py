@@ -104,7 +104,7 @@ class Gateway:
         return providers
 
     def _pool_stats(self) -> dict[tuple[str, ...], float]:
-        out = {}
+        out: dict[tuple[str, ...], float] = {}
         for name, p in self.providers.items():
             for state, value in p.stats().items():
                 out[(name, state)] = float(value)
@@ -258,7 +258,7 @@ class Gateway:
             self.metrics.upstream_errors.inc((target.provider, exc.code or "error"))
             raise
         attempt.status = resp.status
-        if resp.streaming:
+        if isinstance(resp, StreamResponse):
             # Wait for the first events before answering: until something is sent, a
             # failure can still become a proper error response (and, later, a failover).
             events = resp.events.__aiter__()

@@ -145,8 +145,8 @@ class _Answer:
 
     @staticmethod
     def _call(tools: list[Any], choice: Any, prompt: str, seed: str) -> dict[str, Any] | None:
-        funcs = [t.get("function") for t in tools if isinstance(t, dict)
-                 and isinstance(t.get("function"), dict)]
+        funcs: list[dict[str, Any]] = [t["function"] for t in tools if isinstance(t, dict)
+                                       and isinstance(t.get("function"), dict)]
         if not funcs:
             return None
         fn = funcs[0]

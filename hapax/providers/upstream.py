@@ -347,16 +347,16 @@ class UpstreamPool:
         fut: asyncio.Future[_Connection | None] = self.loop.create_future()
         self._waiters.append(fut)
         try:
-            conn = await fut
+            waited: _Connection | None = await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.result() is not None:
                 self._release(fut.result(), True)  # type: ignore[arg-type]
             elif fut.done() and not fut.cancelled():
                 self._wake_one()  # pass the right to connect on
             raise
-        if conn is None:
+        if waited is None:
             return await self._connect()
-        return conn
+        return waited
 
     async def _connect(self) -> _Connection:
         self._open += 1
@@ -366,7 +366,7 @@ class UpstreamPool:
                     lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None),
                 self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._open -= 1
             self._wake_one()
             raise UpstreamTimeout(f"connecting to provider {self.name!r} ({self.host}:"

@@ -274,12 +274,15 @@ class HTTP11Protocol(asyncio.Protocol):
     # -- timers -----------------------------------------------------------------------
 
     def _arm(self, timeout: float) -> None:
+        now = self.last_read = self.loop.time()
         self.deadline = timeout
-        if self.timer is None:
+        timer = self.timer
+        # Re-arm lazily: a pending handle that fires no later than needed re-checks
+        # the deadline itself; only an earlier deadline needs a new handle.
+        if timer is None or timer.when() > now + timeout + 0.001:
+            if timer is not None:
+                timer.cancel()
             self.timer = self.loop.call_later(timeout, self._on_timer)
-        else:
-            # Re-arm lazily: the pending handle re-checks when it fires.
-            self.last_read = self.loop.time()
 
     def _disarm(self) -> None:
         if self.timer is not None:
@@ -411,7 +414,7 @@ class HTTP11Protocol(asyncio.Protocol):
         waiter = self.drain_waiter = self.loop.create_future()
         try:
             await asyncio.wait_for(waiter, self.limits.send_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("client %s stopped reading for %.0fs; disconnecting", self.client,
                      self.limits.send_timeout)
             self.transport.abort()
