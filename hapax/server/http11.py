@@ -85,7 +85,7 @@ class HTTP11Protocol(asyncio.Protocol):
         "s", "gateway", "loop", "limits", "transport", "parser", "queue", "task", "phase",
         "timer", "deadline", "last_read", "read_paused", "write_paused", "drain_waiter",
         "closed", "eof", "client", "_url", "_headers", "_head_size", "_hdr_bytes", "_body",
-        "_body_size", "_keep_alive", "_failed", "_expect",
+        "_body_size", "_keep_alive", "_failed", "_expect", "_completed_in_read",
     )
 
     def __init__(self, state: ListenerState) -> None:
@@ -108,6 +108,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self.eof = False
         self.client: tuple[str, int] | None = None
         self._failed = False
+        self._completed_in_read = False
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -163,10 +164,17 @@ class HTTP11Protocol(asyncio.Protocol):
             return  # answering an unusable request (or lingering before close): discard
         if self.phase == _BODY:
             self.last_read = self.loop.time()
+        self._completed_in_read = False
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported", "upgrade_not_supported")
+        except httptools.HttpParserUpgrade as exc:
+            # The upgrade request is complete and queued (one with a body was refused in
+            # on_headers_complete): answer it in HTTP/1.1, ignoring Upgrade as RFC 9110
+            # §7.8 allows, and parse what follows it with a fresh parser.
+            self.parser = httptools.HttpRequestParser(self)
+            rest = data[exc.args[0]:]
+            if rest:
+                self.data_received(rest)
             return
         except httptools.HttpParserError as exc:
             # A callback that already failed the request stopped the parser on purpose.
@@ -174,14 +182,23 @@ class HTTP11Protocol(asyncio.Protocol):
                 self._fail(400, f"malformed HTTP request: {_reason(exc)}", "bad_http_request")
             return
         if self.phase == _HEAD:
-            # httptools buffers an incomplete head itself: bound it here.
-            self._head_size += len(data)
+            # httptools buffers an incomplete head itself: bound it here.  A head that
+            # began in this read (-1) after an earlier pipelined request in the same read
+            # is measured by what the parser saw of it, since the earlier request is not
+            # part of it (so the bound is max_header plus one read); otherwise the whole
+            # read is head.
+            if self._head_size < 0:
+                self._head_size = (self._hdr_bytes or 1) if self._completed_in_read \
+                    else len(data)
+            else:
+                self._head_size += len(data)
             if self._head_size > self.limits.max_header:
                 self._fail(431, f"request head larger than {self.limits.max_header} bytes",
                            "header_too_large")
 
     def on_message_begin(self) -> None:
         self._reset_message()
+        self._head_size = -1  # began in the read being parsed: see data_received
         self.phase = _HEAD
         self._arm(self.limits.header_timeout)
 
@@ -215,11 +232,23 @@ class HTTP11Protocol(asyncio.Protocol):
                     pass  # httptools already refuses a bad Content-Length
             elif lname == b"expect" and value.lower() == b"100-continue":
                 expect = True
+        if self.parser.should_upgrade() and any(
+                n.lower() == b"transfer-encoding" or (n.lower() == b"content-length" and
+                                                      v.strip() != b"0")
+                for n, v in self._headers):
+            # httptools skips the body of an upgrade request: refuse what it cannot read.
+            self._fail(400, "protocol upgrades are not supported", "upgrade_not_supported")
+            raise _StopParsing
         self._expect = expect
-        if expect and self.task is None and not self.queue:
+        self.last_read = self.loop.time()
+        if expect:
+            if self.task is not None or self.queue:
+                # The 100 is owed once the responses before it are out (see _serve); no
+                # body timeout until then: the client is waiting for us.
+                self._disarm()
+                return
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._expect = False
-        self.last_read = self.loop.time()
         self._arm(self.limits.body_timeout)
 
     def on_body(self, body: bytes) -> None:
@@ -231,6 +260,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._completed_in_read = True
         if self._failed:
             return
         headers: dict[str, str] = {}
@@ -245,9 +275,11 @@ class HTTP11Protocol(asyncio.Protocol):
             url = url[idx:] if idx >= 0 else b"/"
         path, _, query = url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        version = self.parser.get_http_version()
         ex = Exchange(self.parser.get_method().decode("ascii", "replace"),
                       path.decode("latin-1"), headers, body,
-                      query=query.decode("latin-1") if query else None, client=self.client)
+                      query=query.decode("latin-1") if query else None, client=self.client,
+                      protocol="http/1.1" if version == "1.1" else f"http/{version}")
         ex.keep_alive = self._keep_alive and not self.s.draining
         ex.state["expect"] = self._expect
         self._body = []
@@ -354,6 +386,12 @@ class HTTP11Protocol(asyncio.Protocol):
                     self._disarm()
                     self.deadline = self.limits.keepalive
                     self.timer = self.loop.call_later(self.limits.keepalive, self._on_timer)
+                elif not self.queue and self.phase == _BODY and self._expect:
+                    # A pipelined request still owed its 100: its turn has come, and the
+                    # body timeout starts now (the client was waiting for us).
+                    self._expect = False
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self._arm(self.limits.body_timeout)
 
     def _head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]],
               framing: bytes) -> bytes:
@@ -370,6 +408,9 @@ class HTTP11Protocol(asyncio.Protocol):
         parts.append(framing)
         if not ex.keep_alive or self.s.draining:
             parts.append(b"connection: close\r\n")
+        elif ex.protocol == "http/1.0":
+            # An HTTP/1.0 client keeps the connection only if the response says so.
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -385,24 +426,28 @@ class HTTP11Protocol(asyncio.Protocol):
         transport = self.transport
         events = resp.events
         first = True
+        # HTTP/1.0 knows no chunked coding (RFC 9112 §6.1): the close ends the body.
+        chunked = ex.protocol != "http/1.0"
+        if not chunked:
+            ex.keep_alive = False
+        framing = b"transfer-encoding: chunked\r\n" if chunked else b""
         try:
             async for batch in events:
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
                 if not data:
                     continue
-                chunk = b"%x\r\n%s\r\n" % (len(data), data)
+                chunk = b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
                 if first:
                     # The head goes out with the first event: one write, one packet.
-                    chunk = self._head(ex, resp.status, resp.headers,
-                                       b"transfer-encoding: chunked\r\n") + chunk
+                    chunk = self._head(ex, resp.status, resp.headers, framing) + chunk
                     first = False
                 transport.write(chunk)
                 if self.write_paused:
                     await self._drain()
             if first:
-                transport.write(self._head(ex, resp.status, resp.headers,
-                                           b"transfer-encoding: chunked\r\n"))
-            transport.write(b"0\r\n\r\n")
+                transport.write(self._head(ex, resp.status, resp.headers, framing))
+            if chunked:
+                transport.write(b"0\r\n\r\n")
         finally:
             if resp.close is not None:
                 resp.close()
