@@ -1,7 +1,8 @@
 """Every Hapax hook, in the order a request meets them.
 
-A plugin is any module or object with functions named after these hooks (the
-``hapax_`` prefix is enough; ``@hapax.hookimpl`` adds options such as ``tryfirst``).
+A plugin is any module, class (instantiated once per gateway) or object with functions
+named after these hooks (the ``hapax_`` prefix is enough;
+``@hapax.pipeline.hooks.hookimpl`` adds options such as ``tryfirst``).
 An implementation may accept any subset of a hook's arguments, by name.  Request-path
 hooks may be ``async def``; Hapax awaits them.  A function whose name starts with
 ``hapax_`` but matches no hook below is an error at start-up (it is a typo).

@@ -318,6 +318,17 @@ class Gateway:
             yield [b"data: " + orjson.dumps({"error": {
                 "message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
                 + b"\n\n"]
+        except (PluginError, RequestError) as exc:
+            # A hapax_transform_chunk implementation failed: same in-band ending.
+            if isinstance(exc, PluginError):
+                log.error("request %s: %s", ex.request_id, exc, exc_info=exc.__cause__)
+                ex.error = str(exc)
+                exc = RequestError("internal error in a gateway plugin", code="plugin_error")
+            else:
+                ex.error = exc.message
+            yield [b"data: " + orjson.dumps({"error": {
+                "message": exc.message, "type": exc.type, "param": exc.param,
+                "code": exc.code}}) + b"\n\n"]
         finally:
             attempt.latency = ex.upstream_time = time.perf_counter() - attempt.started
 
@@ -343,11 +354,17 @@ class Gateway:
             except orjson.JSONDecodeError:
                 out.append(ev)
                 continue
-            for fn, is_async, pick, _ in self.hooks.transform_chunk.impls:
+            for fn, is_async, pick, plugin in self.hooks.transform_chunk.impls:
                 args = (ex, chunk)
-                result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
-                if is_async:
-                    result = await result
+                try:
+                    result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
+                    if is_async:
+                        result = await result
+                except RequestError:
+                    raise
+                except Exception as exc:  # as Stage.__call__ does for the other hooks
+                    raise PluginError(f"plugin {plugin!r} failed in hapax_transform_chunk: "
+                                      f"{type(exc).__name__}: {exc}") from exc
                 if result is not None:
                     chunk = result
             out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")

@@ -211,6 +211,15 @@ def load_plugins(config: Any, extra: Iterable[tuple[str, Any]] = ()
     def register(obj: Any, name: str, source: str) -> None:
         if name in blocked or pm.has_plugin(name) or pm.is_registered(obj):
             return
+        if isinstance(obj, type):
+            # A class is a plugin factory: one instance per gateway, so two gateways in one
+            # process keep separate state (like the built-ins).  Registered as is, pluggy
+            # would drop `self` from the argument names and every call would fail.
+            try:
+                obj = obj()
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r} ({source}): {obj.__name__}() failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         try:
             pm.register(obj, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
@@ -236,8 +245,10 @@ def load_plugins(config: Any, extra: Iterable[tuple[str, Any]] = ()
         source = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
         register(obj, name, source)
 
+    extra = list(extra)
     problems = []
-    for name in sorted(wanted - set(eps)):
+    # A name given in `extra` has a settings block but is neither entry point nor module.
+    for name in sorted(wanted - set(eps) - {n for n, _ in extra}):
         if name in blocked:
             continue
         try:
@@ -257,8 +268,9 @@ def load_plugins(config: Any, extra: Iterable[tuple[str, Any]] = ()
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r}: {exc} — check the hook name against "
-                          f"hapax.hookspecs") from exc
+        # exc.plugin is the object; users know the plugin by the name they configured.
+        raise PluginError(f"plugin {pm.get_name(exc.plugin) or exc.plugin!r}: {exc} — check "
+                          f"the hook name against hapax.hookspecs") from exc
     return pm, infos
 
 
