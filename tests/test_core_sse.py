@@ -269,7 +269,7 @@ def realistic_stream(contents: list[str]) -> bytes:
 
 
 # Content text never holds a raw line break: in a real stream it is JSON-escaped.
-content = st.text(st.characters(exclude_characters="\r\n"), max_size=20)
+content = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20)
 realistic = chunked(st.lists(content, max_size=6).map(realistic_stream))
 
 

@@ -14,7 +14,8 @@ NO_EXTENSIONS = os.environ.get("HAPAX_NO_EXTENSIONS", "") not in ("", "0")
 try:
     if NO_EXTENSIONS:
         raise ImportError("HAPAX_NO_EXTENSIONS is set")
-    from hapax._core import _sse_c  # noqa: F401
+    # All or nothing: a partial build must not mix compiled and pure units.
+    from hapax._core import _json_c, _sse_c  # noqa: F401
 
     IMPLEMENTATION = "c"
 except ImportError:

@@ -1,7 +1,10 @@
 """Stub for the compiled SSE framing unit (same API as ``_sse_py``)."""
 
+from typing_extensions import disjoint_base
+
 __all__ = ["SSEDecoder", "event_data"]
 
+@disjoint_base  # an extension type with C-level state: it cannot share a layout
 class SSEDecoder:
     def __init__(self) -> None: ...
     @property

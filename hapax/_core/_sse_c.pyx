@@ -2,9 +2,10 @@
 
 Same API and results as the pure module, byte for byte, including what ``pending``
 reports and what ``flush`` returns.  The difference is the mechanics: the held-back
-tail lives in one growable C buffer, lines are found with ``memchr``, and every event
-is a single copy out of that buffer (the normalised stream already holds the event
-followed by its ``\\n\\n``), so a feed allocates nothing but the events and the list.
+tail lives in one growable C buffer (a piece that starts on an event boundary is cut
+in place, only its tail is copied), line ends are found with ``memchr``, and every
+event is a single copy (the normalised stream already holds the event followed by its
+``\\n\\n``): a feed creates no Python object but the events and their list.
 
 All scanning is done on ``const unsigned char*``, which Cython never bounds-checks:
 each loop below keeps its own index below its own limit, so no directive is needed.
