@@ -49,6 +49,9 @@ def error_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
+_RETRY_HEADERS = (b"retry-after", b"retry-after-ms")
+
+
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     for n, v in headers:
         if n == name:
@@ -119,6 +122,10 @@ class OpenAIProvider(Provider):
         upstream_id = _header(resp.headers, b"x-request-id")
         if upstream_id:
             headers.append((b"x-upstream-request-id", upstream_id))
+        if status >= 400:
+            # A provider's back-off advice reaches the client (SDKs honour it).
+            headers += [(n, v) for n, v in resp.headers
+                        if n in _RETRY_HEADERS or n.startswith(b"x-ratelimit-")]
         if 200 <= status < 300 and exchange.stream:
             ctype = headers[0][1]
             if ctype.startswith(b"text/event-stream"):

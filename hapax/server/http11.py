@@ -141,12 +141,12 @@ class HTTP11Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def eof_received(self) -> bool:
-        # Half-close: the client finished sending; answer what it asked, then close.
-        self.eof = True
-        if (self.task is None and not self.queue) or self._failed:
-            if self.task is None:
-                self._close()
-        return True
+        # End of input means the client is gone: HTTP clients do not half-close to wait
+        # for an answer, and one that closes mid-request has given up (an SDK timeout, a
+        # cancelled call).  As nginx does, abandon its requests — connection_lost cancels
+        # the task, which closes the upstream call at once instead of letting the provider
+        # generate (and bill) an answer nobody reads.
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True

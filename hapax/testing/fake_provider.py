@@ -12,6 +12,8 @@ Needs ``aiohttp`` (``pip install hapax[testing]``).
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import threading
 import time
 from collections import deque
@@ -29,6 +31,9 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: ``(host, port)`` of the connection the request came on: tells pooled,
+    #: reused connections apart from new ones.
+    peer: tuple[str, int] | None = None
 
     @property
     def json(self) -> Any:
@@ -46,6 +51,7 @@ class Reply:
     ``chunk_delay``: seconds between events.  ``events``: raw SSE bytes to send instead
     of generated ones.  ``hang``: never answer (the connection stays open).
     ``drop_after_events``: close the connection abruptly after that many events.
+    ``stall_after_events``: after that many events, go silent with the connection open.
     """
 
     status: int = 200
@@ -59,6 +65,7 @@ class Reply:
     events: list[bytes] | None = None
     hang: bool = False
     drop_after_events: int | None = None
+    stall_after_events: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -139,7 +146,10 @@ class FakeProvider:
         asyncio.set_event_loop(loop)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handler_cancellation: a gateway that hangs up stops the answer at once (and is
+        # counted in `disconnects`), even while the reply is hanging or delayed.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     handler_cancellation=True)
         loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         loop.run_until_complete(site.start())
@@ -154,7 +164,9 @@ class FakeProvider:
         from aiohttp import web
 
         body = await request.read()
-        rec = RecordedRequest(request.method, request.path, dict(request.headers), body)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        rec = RecordedRequest(request.method, request.path, dict(request.headers), body,
+                              (peer[0], peer[1]) if peer else None)
         self.requests.append(rec)
         reply = self._next()
         self.active += 1
@@ -201,8 +213,11 @@ class FakeProvider:
     def _embeddings(self, req: Any) -> dict[str, Any]:
         inputs = req.get("input")
         inputs = [inputs] if isinstance(inputs, str) else inputs or []
+        vector: Any = [0.1, 0.2, 0.3]
+        if req.get("encoding_format") == "base64":  # what the openai SDK asks by default
+            vector = base64.b64encode(struct.pack("<3f", *vector)).decode()
         return {"object": "list", "model": req.get("model"),
-                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                "data": [{"object": "embedding", "index": i, "embedding": vector}
                          for i, _ in enumerate(inputs)],
                 "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
 
@@ -242,6 +257,8 @@ class FakeProvider:
                 assert request.transport is not None
                 request.transport.abort()
                 return resp
+            if reply.stall_after_events is not None and i >= reply.stall_after_events:
+                await asyncio.sleep(3600)
             if i and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             await resp.write(event)
