@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,20 @@ class Limits:
                                 "gateway stops reading from it.", conv_int(1), 32)
 
 
+_LOG_FORMAT = conv_enum("json", "text", "off")
+
+
+def _conv_log_format(value: Any, path: str, ctx: Ctx) -> Any:
+    # YAML 1.1 reads a bare `off` as false: take it as the "off" that was written.
+    return _LOG_FORMAT("off" if value is False else value, path, ctx)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AccessLogConfig:
     """The access log: one line per request, written after the response."""
 
     format: str = setting("`json` (one JSON object per line), `text`, or `off`.",
-                          conv_enum("json", "text", "off"), "json")
+                          lambda v, p, c: _conv_log_format(v, p, c), "json")
     path: str = setting("`-` for standard output, `stderr`, or a file path (appended to).",
                         conv_str(), "-")
 
@@ -199,7 +208,7 @@ class KeyConfig:
     key: Secret | None = setting("The key in clear, normally \"${ENV_VAR}\".", conv_secret, None)
     key_sha256: str | None = setting("Hex SHA-256 of the key, so the file holds no secret "
                                      "(`printf %s KEY | sha256sum`).",
-                                     conv_str(_SHA256, "64 hex digits"), None)
+                                     lambda v, p, c: _conv_sha256(v, p, c), None)
     models: tuple[str, ...] = setting("Model aliases this key may use; `\"*\"` for all.",
                                       lambda v, p, c: _conv_models(v, p, c), ("*",),
                                       shown_default='"*"')
@@ -211,6 +220,14 @@ class KeyConfig:
             return hashlib.sha256(self.key.reveal().encode()).digest()
         assert self.key_sha256 is not None
         return bytes.fromhex(self.key_sha256)
+
+
+def _conv_sha256(value: Any, path: str, ctx: Ctx) -> Any:
+    if isinstance(value, str) and re.fullmatch(_SHA256, value):
+        return value
+    # Never echo the value: a key in clear put here by mistake must not reach a log.
+    return ctx.error(path, "expected 64 hex digits: the SHA-256 of the key, not the key "
+                           "itself (`printf %s KEY | sha256sum`)")
 
 
 def _conv_models(value: Any, path: str, ctx: Ctx) -> Any:
@@ -295,17 +312,39 @@ def from_dict(raw: Any, file: str = "<config>", env: Any = None) -> Config:
     ctx = Ctx()
     raw = interpolate(raw, "", ctx, os.environ if env is None else env)
     cfg = build(Config, raw, "", ctx)
-    if cfg is not INVALID and not ctx.problems:
+    if cfg is not INVALID:  # every field converted: cross-checks can run (and add problems)
         _check(cfg, ctx)
     if ctx.problems:
         raise ConfigError(ctx.problems, file)
     return dataclasses.replace(cfg, source=file)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, but a key given twice in one mapping is an error: PyYAML would
+    keep the last silently (a second ``gpt-4o:`` under ``models`` replacing the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` may be overridden on purpose
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"duplicate key {key!r}", key_node.start_mark)
+                    seen.add(key)
+                except TypeError:  # an unhashable (complex) key: PyYAML reports it
+                    continue
+        return super().construct_mapping(node, deep)
+
+
 def loads(text: str, file: str = "<config>", env: Any = None) -> Config:
     """Parse and validate YAML text."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

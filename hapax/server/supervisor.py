@@ -47,6 +47,7 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
     failures = 0
 
     def spawn(index: int) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # worker
             code = 1
@@ -55,7 +56,7 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 code = run_worker(config, host=host, port=port, reuse_port=True,
-                                  announce=False)
+                                  announce=False, parent_pid=supervisor)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:

@@ -1,0 +1,204 @@
+"""The `hapax` command: --version, check, plugins, serve (with the built-in default)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+from proc import ROOT, HapaxProcess
+
+import hapax
+from hapax.cli import main
+
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+OPENAI_EXAMPLE = ROOT / "examples" / "openai.yaml"
+
+
+def hapax_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, in a child process."""
+    return subprocess.run([sys.executable, "-m", "hapax", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_version_prints_the_package_version() -> None:
+    done = hapax_cmd("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"hapax {hapax.__version__}"
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("hapax")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"hapax {hapax.__version__}"
+
+
+def test_no_command_is_a_usage_error() -> None:
+    done = hapax_cmd()
+    assert done.returncode == 2
+    assert "usage: hapax" in done.stderr
+
+
+def test_check_quickstart_passes() -> None:
+    done = hapax_cmd("check", str(QUICKSTART))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{QUICKSTART}: OK")
+    assert "1 provider(s), 3 model alias(es), open (no keys)" in done.stdout
+    assert done.stderr == ""
+
+
+BROKEN = """\
+server:
+  limts: {max_body: 1MiB}
+providers:
+  mock: {kind: mock, chunk_delay: soon}
+  oa: {kind: openai}
+models:
+  gpt:
+    targets: [{provider: mock}, {provider: 7}]
+keys:
+  - {name: web, key: k, models: gpt}
+"""
+
+
+def test_check_broken_file_prints_one_line_per_problem(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    assert main(["check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines == [
+        f"{path}: server.limts: unknown key; did you mean 'limits'? (expected one of: host, "
+        "port, workers, backlog, limits, drain_timeout, access_log)",
+        f"{path}: providers.mock.chunk_delay: expected a duration such as 250ms, 30s or 10m, "
+        "got 'soon'",
+        f"{path}: models.gpt.targets[1].provider: expected a non-empty string, got an "
+        "integer 7",
+        f"{path}: keys[0].models: expected a list, got a string",
+    ]
+
+
+def test_check_reports_cross_references_with_their_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("server: {limts: {}}\nproviders: {mock: {kind: mock}}\n"
+                    "models: {gpt: {targets: [{provider: openai}]}}\n")
+    done = hapax_cmd("check", str(path))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"{path}: server.limts: unknown key; did you mean 'limits'? (expected one of: host, "
+        "port, workers, backlog, limits, drain_timeout, access_log)",
+        f"{path}: models.gpt.targets[0].provider: unknown provider 'openai' (providers: mock)",
+    ]
+
+
+def test_check_unknown_provider_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("providers: {x: {kind: bedrock}}\n")
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: providers.x.kind: unknown provider kind 'bedrock' (known: mock, openai)\n")
+
+
+def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nope.yaml"
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == f"{path}: cannot read the file: No such file or directory\n"
+
+
+def test_check_invalid_yaml_names_line_and_column(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("server:\n  host: 127.0.0.1\n   port: 8080\n")
+    assert main(["check", str(path)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{path}: line 3, column 8: invalid YAML: ")
+    assert "mapping values are not allowed here" in line
+
+
+def test_plugins_lists_builtins_and_their_hooks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    listing: dict[str, list[str]] = {}
+    current = ""
+    for line in out.splitlines():
+        if line.startswith("    "):
+            listing[current].append(line.strip())
+        else:
+            current, _, source = line.partition("  ")
+            listing[current] = []
+            assert source == "[builtin]" or not current.startswith("hapax.builtins."), line
+    assert listing["hapax.builtins.providers"] == ["hapax_register_providers"]
+    assert set(listing["hapax.builtins.auth"]) == {"hapax_configure", "hapax_authenticate",
+                                                   "hapax_authorize"}
+    assert "hapax_route" in listing["hapax.builtins.routing"]
+    assert "hapax_after_response" in listing["hapax.builtins.accesslog"]
+    assert "hapax_after_response" in listing["hapax.builtins.metrics"]
+
+
+def _env_without_openai_key() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+
+
+def test_openai_example_passes_with_the_key_set() -> None:
+    key = "sk-test-7d1e0c9b8a7f6e5d4c3b2a19"
+    done = hapax_cmd("check", str(OPENAI_EXAMPLE),
+                     env={**_env_without_openai_key(), "OPENAI_API_KEY": key})
+    assert done.returncode == 0, done.stderr
+    assert f"{OPENAI_EXAMPLE}: OK" in done.stdout
+    assert key not in done.stdout + done.stderr
+
+
+def test_openai_example_without_the_key_names_the_key_and_the_variable() -> None:
+    done = hapax_cmd("check", str(OPENAI_EXAMPLE), env=_env_without_openai_key())
+    assert done.returncode == 1
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"{OPENAI_EXAMPLE}: providers.openai.api_key: ")
+    assert "environment variable OPENAI_API_KEY is not set" in line
+
+
+def test_openai_example_with_an_empty_key_never_prints_a_value() -> None:
+    # Set, but empty: still a problem, and the message shows no value at all.
+    done = hapax_cmd("check", str(OPENAI_EXAMPLE),
+                     env={**_env_without_openai_key(), "OPENAI_API_KEY": ""})
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"{OPENAI_EXAMPLE}: providers.openai.api_key: expected a non-empty "
+                           "string")
+
+
+def test_serve_without_config_uses_the_builtin_mock() -> None:
+    with HapaxProcess(None) as hp:
+        hp.wait_ready()
+        with openai.OpenAI(base_url=hp.base_url, api_key="unused", max_retries=0) as client:
+            reply = client.chat.completions.with_raw_response.create(
+                model="anything", messages=[{"role": "user", "content": "ping"}])
+        completion = reply.parse()
+        assert completion.choices[0].message.content == "Mock answer to: ping"
+        assert reply.headers["x-hapax-provider"] == "mock"
+        assert hp.stop() == 0
+    assert "shutting down" in hp.stderr
+
+
+def test_serve_with_a_broken_config_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("server: {prot: 1}\n")
+    done = hapax_cmd("serve", str(path), "--port", "0")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"{path}: server.prot: unknown key; did you mean 'port'? "
+                                   "(expected one of: host, port, workers, backlog, limits, "
+                                   "drain_timeout, access_log)")
+
+
+def test_serve_reports_a_port_in_use() -> None:
+    with HapaxProcess(QUICKSTART) as first:
+        done = hapax_cmd("serve", str(QUICKSTART), "--port", str(first.port))
+        assert done.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
+        assert first.stop() == 0
