@@ -150,11 +150,15 @@ def build(cls: type, raw: Any, path: str, ctx: Ctx) -> Any:
 def conv_bool(value: Any, path: str, ctx: Ctx) -> Any:
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # e.g. "${VERIFY_TLS}"
     return ctx.error(path, f"expected true or false, got {_typename(value)} {value!r}")
 
 
 def conv_int(minimum: int | None = None, maximum: int | None = None) -> Converter:
     def conv(value: Any, path: str, ctx: Ctx) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            value = int(value)  # e.g. port: "${PORT}" (interpolation yields strings)
         if isinstance(value, bool) or not isinstance(value, int):
             return ctx.error(path, f"expected an integer, got {_typename(value)} {value!r}")
         if minimum is not None and value < minimum:

@@ -144,6 +144,18 @@ class PoolConfig:
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 
 
+class _MaskedDict(dict[str, str]):
+    """Upstream headers: values may carry credentials, so repr shows only the names."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: '***'" for k in self) + "}"
+
+
+def _conv_headers(value: Any, path: str, ctx: Ctx) -> Any:
+    out = conv_map(conv_str(what="a non-empty string"))(value, path, ctx)
+    return out if out is INVALID else _MaskedDict(out)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProviderConfig:
     """One upstream provider."""
@@ -157,8 +169,10 @@ class ProviderConfig:
                                    None)
     api_key: Secret | None = setting("The provider's API key, normally \"${ENV_VAR}\"; sent as "
                                      "`Authorization: Bearer`.", conv_secret, None)
-    headers: dict[str, str] = setting("Extra headers sent with every upstream request.",
-                                      conv_map(conv_str(what="a string")), default_factory=dict)
+    headers: dict[str, str] = setting("Extra headers sent with every upstream request (values "
+                                      "may be secrets: they are never shown).",
+                                      lambda v, p, c: _conv_headers(v, p, c),
+                                      default_factory=dict)
     timeouts: ProviderTimeouts = setting("Timeouts.", conv_section(ProviderTimeouts),
                                          default_factory=ProviderTimeouts)
     pool: PoolConfig = setting("Connection pool.", conv_section(PoolConfig),

@@ -76,9 +76,22 @@ def test_bad_sizes_name_the_key_and_the_format(bad: Any) -> None:
     assert "expected a size such as 64KiB" in message
 
 
+def test_numeric_strings_from_env_become_integers() -> None:
+    # Interpolation yields strings: port: "${PORT}" must still work.
+    cfg = from_dict({"server": {"port": "${PORT}", "workers": " 2 "}}, env={"PORT": "9090"})
+    assert (cfg.server.port, cfg.server.workers) == (9090, 2)
+
+
+def test_upstream_header_values_are_not_shown() -> None:
+    cfg = from_dict({"providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:1/v1",
+                                         "headers": {"X-Api-Token": "tok-s3cret"}}}})
+    assert cfg.providers["p"].headers["X-Api-Token"] == "tok-s3cret"
+    assert "tok-s3cret" not in repr(cfg)
+
+
 @pytest.mark.parametrize(("raw", "path", "expected"), [
     ({"server": {"port": 70000}}, "server.port", "expected an integer <= 65535, got 70000"),
-    ({"server": {"port": "8080"}}, "server.port", "expected an integer, got a string '8080'"),
+    ({"server": {"port": "80x"}}, "server.port", "expected an integer, got a string '80x'"),
     ({"server": {"workers": 0}}, "server.workers", "expected an integer >= 1, got 0"),
     ({"server": {"access_log": {"format": "xml"}}}, "server.access_log.format",
      "expected one of json, text, off; got 'xml'"),

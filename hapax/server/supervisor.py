@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -46,6 +47,8 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
     stopping = False
     failures = 0
 
+    ready_r, ready_w = os.pipe()
+
     def spawn(index: int) -> None:
         supervisor = os.getpid()
         pid = os.fork()
@@ -53,10 +56,12 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
             code = 1
             try:
                 reserved.close()
+                os.close(ready_r)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 code = run_worker(config, host=host, port=port, reuse_port=True,
-                                  announce=False, parent_pid=supervisor)
+                                  announce=False, parent_pid=supervisor,
+                                  ready_fd=os.dup(ready_w))
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -86,6 +91,14 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
     signal.signal(signal.SIGHUP, on_hup)
     for i in range(workers):
         spawn(i)
+    # Announce only once every worker listens: whoever reads the line may connect at once.
+    ready = 0
+    deadline = time.monotonic() + 15  # a worker that crashes at start-up is restarted below
+    while ready < workers and time.monotonic() < deadline:
+        if select.select([ready_r], [], [], 0.5)[0]:
+            ready += len(os.read(ready_r, 64))
+        if stopping or len(children) < workers:
+            break
     shown = f"[{host}]" if ":" in host else host
     log.info("hapax listening on http://%s:%d (%d workers, supervisor pid %d)", shown, port,
              workers, os.getpid())
@@ -112,4 +125,6 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
         if not stopping:
             spawn(index)
     reserved.close()
+    os.close(ready_r)
+    os.close(ready_w)
     return exit_code

@@ -98,12 +98,13 @@ def _announce(server: Server, cfg: Config) -> None:
 
 def run_worker(config: Config, *, host: str | None = None, port: int | None = None,
                reuse_port: bool = False, announce: bool = True,
-               parent_pid: int | None = None) -> int:
+               parent_pid: int | None = None, ready_fd: int | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; return the exit code.
 
     With ``parent_pid`` (the supervisor), the worker also drains and exits once that
     process is gone: a worker outliving a killed supervisor would keep the port, and a
     new supervisor on the same port (SO_REUSEPORT) would share it with stale workers.
+    ``ready_fd``: a pipe to write one byte to once the worker listens.
     """
 
     async def main() -> int:
@@ -122,11 +123,16 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
         # objects while requests wait (docs/performance.md, benchmarks/load).
         gc.collect()
         gc.freeze()
-        if announce:
-            _announce(server, config)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
+            "SIGHUP: configuration reload is not implemented yet; ignoring"))
+        if announce:
+            _announce(server, config)
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
         watch: asyncio.TimerHandle | None = None
 
         def check_parent() -> None:
