@@ -1,8 +1,9 @@
 """Build the Cython core (hapax/_core/*_c.pyx).
 
-Every compiled unit has a pure-Python twin, so a build without a C compiler still
-works (HAPAX_NO_EXTENSIONS=1 selects the twins at run time).  Set HAPAX_CYTHON_TRACE=1
-to build with line tracing for coverage.
+A normal build needs a C compiler and the Python headers, and fails loudly without
+them.  Every compiled unit has a pure-Python twin: HAPAX_NO_EXTENSIONS=1 at build time
+skips the compilation (a pure-Python install), and at run time selects the twins.
+HAPAX_CYTHON_TRACE=1 builds with line tracing for coverage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ TRACE = os.environ.get("HAPAX_CYTHON_TRACE") == "1"
 
 
 def extensions() -> list[Extension]:
+    if os.environ.get("HAPAX_NO_EXTENSIONS", "") not in ("", "0"):
+        return []
     from Cython.Build import cythonize
 
     macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []

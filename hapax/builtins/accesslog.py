@@ -3,7 +3,7 @@
 Lines are buffered and written once per event-loop iteration (one ``write`` for many
 requests), never on the request's own path.  Fields: time, request_id, key (the key's
 *name*), method, path, model (alias), provider, upstream_model, status, stream,
-latency_ms, gateway_ms, upstream_ms, tokens_in, tokens_out, client, error.
+latency_ms, gateway_ms, upstream_ms, tokens_in, tokens_out, protocol, error.
 """
 
 from __future__ import annotations
