@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from hapax import __version__
 from hapax.config import Config, default_config, load

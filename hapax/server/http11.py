@@ -284,7 +284,8 @@ class HTTP11Protocol(asyncio.Protocol):
         ex.state["expect"] = self._expect
         self._body = []
         self.phase = _BUSY
-        self._disarm()
+        # The timer stays armed while busy (it does nothing then): the keep-alive wait
+        # that follows re-uses it, saving a timer handle per request (docs/performance.md).
         self.queue.append(ex)
         if self.task is None:
             self.task = self.loop.create_task(self._serve())
@@ -382,10 +383,7 @@ class HTTP11Protocol(asyncio.Protocol):
                     self._close()
                 elif not self.queue and not self._failed and self.phase == _BUSY:
                     self.phase = _IDLE
-                    self.last_read = self.loop.time()
-                    self._disarm()
-                    self.deadline = self.limits.keepalive
-                    self.timer = self.loop.call_later(self.limits.keepalive, self._on_timer)
+                    self._arm(self.limits.keepalive)
                 elif not self.queue and self.phase == _BODY and self._expect:
                     # A pipelined request still owed its 100: its turn has come, and the
                     # body timeout starts now (the client was waiting for us).
