@@ -84,7 +84,7 @@ class HTTP11Protocol(asyncio.Protocol):
     __slots__ = (
         "s", "gateway", "loop", "limits", "transport", "parser", "queue", "task", "phase",
         "timer", "deadline", "last_read", "read_paused", "write_paused", "drain_waiter",
-        "closed", "eof", "client", "_url", "_headers", "_head_size", "_hdr_bytes", "_body",
+        "closed", "client", "waiter", "_url", "_headers", "_head_size", "_hdr_bytes", "_body",
         "_body_size", "_keep_alive", "_failed", "_expect", "_completed_in_read",
     )
 
@@ -97,6 +97,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange | _ParseFailure] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.waiter: asyncio.Future[None] | None = None
         self.phase = _IDLE
         self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
@@ -105,7 +106,6 @@ class HTTP11Protocol(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.closed = False
-        self.eof = False
         self.client: tuple[str, int] | None = None
         self._failed = False
         self._completed_in_read = False
@@ -242,7 +242,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self._expect = expect
         self.last_read = self.loop.time()
         if expect:
-            if self.task is not None or self.queue:
+            if self._busy():
                 # The 100 is owed once the responses before it are out (see _serve); no
                 # body timeout until then: the client is waiting for us.
                 self._disarm()
@@ -287,9 +287,8 @@ class HTTP11Protocol(asyncio.Protocol):
         # The timer stays armed while busy (it does nothing then): the keep-alive wait
         # that follows re-uses it, saving a timer handle per request (docs/performance.md).
         self.queue.append(ex)
-        if self.task is None:
-            self.task = self.loop.create_task(self._serve())
-        elif len(self.queue) >= self.limits.max_pipeline and not self.read_paused:
+        self._kick()
+        if len(self.queue) >= self.limits.max_pipeline and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
 
@@ -301,8 +300,20 @@ class HTTP11Protocol(asyncio.Protocol):
             self.read_paused = True
             self.transport.pause_reading()
         self.queue.append(_ParseFailure(status, message, code))
+        self._kick()
+
+    def _kick(self) -> None:
+        """Work is queued: start the connection's task, or wake it if it waits."""
         if self.task is None:
             self.task = self.loop.create_task(self._serve())
+        else:
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _busy(self) -> bool:
+        """A request is queued or being answered."""
+        return bool(self.queue) or (self.task is not None and self.waiter is None)
 
     # -- timers -----------------------------------------------------------------------
 
@@ -345,10 +356,29 @@ class HTTP11Protocol(asyncio.Protocol):
     # -- answering ----------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Answer queued requests in order; one task per busy connection."""
+        """Answer queued requests in order.  One task per connection for its whole life:
+        between requests it waits on a future, cheaper than a new task per request."""
         gateway = self.gateway
         try:
-            while self.queue and not self.closed:
+            while not self.closed:
+                if not self.queue:
+                    if self._failed:
+                        return
+                    if self.phase == _BUSY:
+                        self.phase = _IDLE
+                        self._arm(self.limits.keepalive)
+                    elif self.phase == _BODY and self._expect:
+                        # A pipelined request still owed its 100: its turn has come, and
+                        # the body timeout starts now (the client was waiting for us).
+                        self._expect = False
+                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        self._arm(self.limits.body_timeout)
+                    self.waiter = self.loop.create_future()
+                    try:
+                        await self.waiter
+                    finally:
+                        self.waiter = None
+                    continue
                 item = self.queue.popleft()
                 if self.read_paused and not self._failed and len(self.queue) < \
                         self.limits.max_pipeline // 2:
@@ -378,18 +408,6 @@ class HTTP11Protocol(asyncio.Protocol):
                     return
         finally:
             self.task = None
-            if not self.closed and not self._failed:
-                if self.eof and not self.queue:
-                    self._close()
-                elif not self.queue and not self._failed and self.phase == _BUSY:
-                    self.phase = _IDLE
-                    self._arm(self.limits.keepalive)
-                elif not self.queue and self.phase == _BODY and self._expect:
-                    # A pipelined request still owed its 100: its turn has come, and the
-                    # body timeout starts now (the client was waiting for us).
-                    self._expect = False
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    self._arm(self.limits.body_timeout)
 
     def _head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]],
               framing: bytes) -> bytes:
@@ -493,7 +511,6 @@ class HTTP11Protocol(asyncio.Protocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.eof = True
         self.loop.call_later(2.0, self._close)
 
     def _close(self) -> None:
@@ -506,7 +523,7 @@ class HTTP11Protocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Drain: close now if idle, else after the response in progress."""
-        if self.task is None and not self.queue:
+        if not self._busy():
             self._close()
 
 
