@@ -354,19 +354,7 @@ class Gateway:
             except orjson.JSONDecodeError:
                 out.append(ev)
                 continue
-            for fn, is_async, pick, plugin in self.hooks.transform_chunk.impls:
-                args = (ex, chunk)
-                try:
-                    result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
-                    if is_async:
-                        result = await result
-                except RequestError:
-                    raise
-                except Exception as exc:  # as Stage.__call__ does for the other hooks
-                    raise PluginError(f"plugin {plugin!r} failed in hapax_transform_chunk: "
-                                      f"{type(exc).__name__}: {exc}") from exc
-                if result is not None:
-                    chunk = result
+            chunk = await self.hooks.transform_chunk(ex, chunk, chain=True)
             out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         return out
 

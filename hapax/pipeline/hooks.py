@@ -113,7 +113,14 @@ class Stage:
     def all_sync(self) -> bool:
         return not any(impl[1] for impl in self.impls)
 
-    async def __call__(self, *args: Any) -> Any:
+    async def __call__(self, *args: Any, chain: bool = False) -> Any:
+        """Run the implementations in order.
+
+        First-result hooks return the first non-``None`` result.  With ``chain`` (hooks
+        that transform their last argument, like ``hapax_transform_chunk``), a
+        non-``None`` result replaces that argument for the next implementation, and the
+        final value is returned.
+        """
         first = self.first
         for fn, is_async, pick, plugin in self.impls:
             try:
@@ -125,9 +132,12 @@ class Stage:
             except Exception as exc:
                 raise PluginError(f"plugin {plugin!r} failed in {self.name}: "
                                   f"{type(exc).__name__}: {exc}") from exc
-            if first and result is not None:
-                return result
-        return None
+            if result is not None:
+                if first:
+                    return result
+                if chain:
+                    args = (*args[:-1], result)
+        return args[-1] if chain else None
 
     def call_sync(self, *args: Any) -> list[Any]:
         """Call sync implementations now; return the coroutines of async ones."""
