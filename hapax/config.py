@@ -144,6 +144,46 @@ class PoolConfig:
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 
 
+@dataclass(frozen=True, kw_only=True)
+class QueueConfig:
+    """Requests waiting for a provider that is at its `max_concurrent`."""
+
+    size: int = setting("Requests that may wait, across all workers; when full, new ones get "
+                        "429 at once with Retry-After.", conv_int(0), 1000)
+    timeout: float = setting("Longest wait in the queue; a request that would wait longer "
+                             "(estimated from the drain rate) is refused at once.",
+                             conv_duration, 30.0, shown_default="30s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimits:
+    """Rate limits: requests and tokens per minute (GCRA: a full minute's quota may be used
+    at once, then it refills continuously)."""
+
+    rpm: int | None = setting("Requests per minute.", conv_int(1), None)
+    tpm: int | None = setting("Tokens per minute (prompt estimate before the call, corrected "
+                              "from the provider's usage after it).", conv_int(1), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    """Exact-match response cache for one model alias."""
+
+    ttl: float = setting("How long an answer stays fresh.", conv_duration, 600.0,
+                         shown_default="10m")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FingerprintConfig:
+    """What makes two requests "the same" (dedup and cache)."""
+
+    ignore: tuple[str, ...] = setting("Top-level request fields that do not count.",
+                                      conv_list(conv_str()), ("user", "metadata"),
+                                      shown_default="[user, metadata]")
+    scope: str = setting("`key`: requests of different gateway keys never share; `global`: "
+                         "they do.", conv_enum("key", "global"), "key")
+
+
 class _MaskedDict(dict[str, str]):
     """Upstream headers: values may carry credentials, so repr shows only the names."""
 
@@ -190,6 +230,11 @@ class ProviderConfig:
                              conv_duration, 0.0, shown_default="0s")
     dimensions: int = setting("`mock` only: length of embedding vectors (unless the request "
                               "sets `dimensions`).", conv_int(1, 65536), 16)
+    max_concurrent: int | None = setting(
+        "Requests sent to this provider at once, across all workers of the node; more wait "
+        "in the provider's queue.  Unset: no limit.", conv_int(1), None)
+    queue: QueueConfig = setting("The provider's request queue (used with `max_concurrent`).",
+                                 conv_section(QueueConfig), default_factory=QueueConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +253,25 @@ class ModelConfig:
     targets: tuple[TargetConfig, ...] = setting(
         "Ordered targets; the first healthy one serves the request.",
         conv_list(conv_section(TargetConfig), min_items=1))
+    dedup: str = setting("Coalesce identical requests in flight into one upstream call: "
+                         "`always`, `deterministic` (only when temperature is 0 or a seed is "
+                         "set) or `off`.", conv_enum("always", "deterministic", "off"),
+                         "deterministic")
+    cache: CacheSettings | None = setting("Exact-match response cache; unset: no caching.",
+                                          lambda v, p, c: _conv_cache(v, p, c), None)
+    limits: RateLimits | None = setting("Rate limits for this alias, all keys together.",
+                                        conv_section(RateLimits), None)
+    fingerprint: FingerprintConfig = setting("What counts when comparing requests.",
+                                             conv_section(FingerprintConfig),
+                                             default_factory=FingerprintConfig)
+    timeout: float = setting("Deadline of a request, queueing included.", conv_duration, 600.0,
+                             shown_default="600s")
+
+
+def _conv_cache(value: Any, path: str, ctx: Ctx) -> Any:
+    if value is False or value == "off":
+        return None
+    return conv_section(CacheSettings)(value, path, ctx)
 
 
 _SHA256 = r"[0-9a-fA-F]{64}"
@@ -226,6 +290,11 @@ class KeyConfig:
     models: tuple[str, ...] = setting("Model aliases this key may use; `\"*\"` for all.",
                                       lambda v, p, c: _conv_models(v, p, c), ("*",),
                                       shown_default='"*"')
+    limits: RateLimits | None = setting("Rate limits for this key (all its models together).",
+                                        conv_section(RateLimits), None)
+    priority: str = setting("Queue priority class: `interactive` before `standard` before "
+                            "`batch`; keys of one class share fairly.",
+                            conv_enum("interactive", "standard", "batch"), "standard")
 
     @property
     def digest(self) -> bytes:
@@ -259,6 +328,15 @@ def _conv_plugin_settings(value: Any, path: str, ctx: Ctx) -> Any:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CacheStoreConfig:
+    """The response cache's memory."""
+
+    max_bytes: int = setting("Memory for cached responses; least recently used answers are "
+                             "evicted beyond it.", conv_size, 64 * 1024 * 1024,
+                             shown_default="64MiB")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole pipeline.yaml."""
 
@@ -274,6 +352,9 @@ class Config:
     keys: tuple[KeyConfig, ...] | None = setting(
         "Gateway API keys.  Without this section the gateway is open (no authentication).",
         conv_list(conv_section(KeyConfig)), None)
+    cache: CacheStoreConfig = setting("The response cache store (shared by the workers).",
+                                      conv_section(CacheStoreConfig),
+                                      default_factory=CacheStoreConfig)
     plugins: dict[str, dict[str, Any]] = setting(
         "Plugins to load (entry-point name or `module.path`), each with its own settings.",
         conv_map(_conv_plugin_settings), default_factory=dict)

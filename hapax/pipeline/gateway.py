@@ -32,6 +32,7 @@ from hapax.errors import (
     UpstreamError,
 )
 from hapax.metrics import Gauge, Metrics
+from hapax.node import NodeState
 from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
 from hapax.providers.base import Provider
@@ -57,8 +58,12 @@ def error_response(exchange: Exchange, exc: RequestError) -> Response:
 class Gateway:
     """One worker's pipeline: built from a :class:`~hapax.config.Config`."""
 
-    def __init__(self, config: Config, *, plugins: Iterable[tuple[str, Any]] = ()) -> None:
+    def __init__(self, config: Config, *, plugins: Iterable[tuple[str, Any]] = (),
+                 node: NodeState | None = None) -> None:
         self.config = config
+        #: State shared by the node's workers (created before they fork); plugins
+        #: allocate their slots from it in hapax_configure.
+        self.node = node if node is not None else NodeState()
         self.metrics = Metrics()
         self.pm, self.plugin_infos = load_plugins(config, plugins)
         configure_plugins(self.pm, config, self)

@@ -16,6 +16,7 @@ import socket
 import time
 
 from hapax.config import Config
+from hapax.node import NodeState
 from hapax.server.worker import run_worker
 
 __all__ = ["run_supervisor"]
@@ -48,6 +49,8 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
     failures = 0
 
     ready_r, ready_w = os.pipe()
+    # Made before the first fork: every worker, restarted ones included, maps it.
+    node = NodeState(workers=workers)
 
     def spawn(index: int) -> None:
         supervisor = os.getpid()
@@ -61,7 +64,7 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
                     signal.signal(sig, signal.SIG_DFL)
                 code = run_worker(config, host=host, port=port, reuse_port=True,
                                   announce=False, parent_pid=supervisor,
-                                  ready_fd=os.dup(ready_w))
+                                  ready_fd=os.dup(ready_w), node=node)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from hapax.config import Config
+from hapax.node import NodeState
 from hapax.pipeline.gateway import Gateway
 from hapax.server.http11 import HTTP11Protocol, ListenerState
 
@@ -98,7 +99,8 @@ def _announce(server: Server, cfg: Config) -> None:
 
 def run_worker(config: Config, *, host: str | None = None, port: int | None = None,
                reuse_port: bool = False, announce: bool = True,
-               parent_pid: int | None = None, ready_fd: int | None = None) -> int:
+               parent_pid: int | None = None, ready_fd: int | None = None,
+               node: NodeState | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; return the exit code.
 
     With ``parent_pid`` (the supervisor), the worker also drains and exits once that
@@ -109,7 +111,7 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        gateway = Gateway(config)
+        gateway = Gateway(config, node=node)
         server = Server(gateway)
         try:
             await server.start(host=host, port=port, reuse_port=reuse_port)

@@ -1,0 +1,48 @@
+"""State shared by the worker processes of one node.
+
+Created once, before the workers fork (by the supervisor, or by the single worker), so
+every worker maps the same memory.  Limits, queue slots and other counts that must be
+exact per node live here, not in a worker's own memory — with N workers they would
+otherwise silently become N times looser.
+
+Slots are handed out by :meth:`NodeState.allocate` in a deterministic order: every
+worker builds its gateway from the same config, in the same order, so the same name
+gets the same slots in every process without any coordination at run time.
+A cluster (several nodes) will keep this state in Redis behind the same interface.
+"""
+
+from __future__ import annotations
+
+from hapax._core.shm import SharedCounters
+
+__all__ = ["NodeState", "DEFAULT_SLOTS"]
+
+DEFAULT_SLOTS = 1 << 16  # 512 KiB of int64 slots
+
+
+class NodeState:
+    def __init__(self, slots: int = DEFAULT_SLOTS, *, workers: int = 1) -> None:
+        self.counters = SharedCounters(slots)
+        self.workers = workers
+        self._next = 0
+        self._names: dict[str, tuple[int, int]] = {}
+
+    def allocate(self, name: str, count: int = 1) -> int:
+        """The first of ``count`` slots reserved for ``name`` (the same slots again if
+        ``name`` was allocated before with the same count, e.g. on reload)."""
+        known = self._names.get(name)
+        if known is not None:
+            if known[1] != count:
+                raise ValueError(f"{name!r} was allocated {known[1]} slots, not {count}")
+            return known[0]
+        base = self._next
+        if base + count > self.counters.size:
+            raise MemoryError(f"node state is full ({self.counters.size} slots): cannot "
+                              f"allocate {count} for {name!r}")
+        self._next = base + count
+        self._names[name] = (base, count)
+        return base
+
+    @property
+    def allocated(self) -> int:
+        return self._next
