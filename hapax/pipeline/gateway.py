@@ -242,10 +242,17 @@ class Gateway:
 
     async def _send(self, ex: Exchange, plan: RoutePlan, target: Target,
                     endpoint: str) -> Response | StreamResponse:
+        """Answer from the provider: through in-flight dedup when it applies (identical
+        requests share one upstream call), else with one attempt of our own."""
         provider = self.providers.get(target.provider)
         if provider is None:
             raise RequestError(f"route for {plan.alias!r} names unknown provider "
                                f"{target.provider!r}", code="bad_route")
+        return await self._attempt(ex, provider, target, endpoint)
+
+    async def _attempt(self, ex: Exchange, provider: Provider, target: Target,
+                       endpoint: str) -> Response | StreamResponse:
+        """One upstream call: admission (provider queue), send, first events."""
         attempt = Attempt(target, len(ex.attempts) + 1)
         ex.attempts.append(attempt)
         if self.hooks.before_attempt:
