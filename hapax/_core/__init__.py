@@ -15,7 +15,7 @@ try:
     if NO_EXTENSIONS:
         raise ImportError("HAPAX_NO_EXTENSIONS is set")
     # All or nothing: a partial build must not mix compiled and pure units.
-    from hapax._core import _json_c, _shm_c, _sse_c  # noqa: F401
+    from hapax._core import _fingerprint_c, _json_c, _shm_c, _sse_c  # noqa: F401
 
     IMPLEMENTATION = "c"
 except ImportError:
