@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from hapax.config import Config
     from hapax.pipeline.exchange import Exchange
     from hapax.pipeline.gateway import Gateway
-    from hapax.types import Attempt, Denial, Principal, Response, RoutePlan
+    from hapax.types import Attempt, Denial, Principal, Response, RoutePlan, StreamResponse
 
 hookspec = pluggy.HookspecMarker("hapax")
 
@@ -124,11 +124,15 @@ def hapax_admit(exchange: Exchange, plan: RoutePlan) -> Denial | None:
 
 
 @hookspec(firstresult=True)
-def hapax_cache_lookup(exchange: Exchange) -> Response | None:
+def hapax_cache_lookup(exchange: Exchange) -> Response | StreamResponse | None:
     """Answer from a cache.  *First result.*
 
-    :return: a :class:`hapax.types.Response` to answer without calling a provider, or
-        ``None``.
+    To be offered a streamed answer once it completes, set
+    ``exchange.state["cache_stream"]`` to the most bytes you would store.
+
+    :return: a :class:`hapax.types.Response` (or a
+        :class:`hapax.types.StreamResponse` replaying a stream) to answer without
+        calling a provider, or ``None``.
     """
 
 
@@ -167,7 +171,12 @@ def hapax_transform_chunk(exchange: Exchange, chunk: dict[str, Any]) -> dict[str
 
 @hookspec
 def hapax_cache_store(exchange: Exchange, response: Response) -> None:
-    """A successful response is complete: store it if you cache.  All run."""
+    """A successful response is complete: store it if you cache.  All run.
+
+    A stream that ended with ``[DONE]`` comes here too (if ``hapax_cache_lookup`` asked
+    for it), as a response whose body is every event and whose content type is
+    ``text/event-stream``.
+    """
 
 
 # -- after --------------------------------------------------------------------------

@@ -21,9 +21,16 @@ DEFAULT_SLOTS = 1 << 16  # 512 KiB of int64 slots
 
 
 class NodeState:
-    def __init__(self, slots: int = DEFAULT_SLOTS, *, workers: int = 1) -> None:
+    def __init__(self, slots: int = DEFAULT_SLOTS, *, workers: int = 1,
+                 metrics_dir: str | None = None) -> None:
         self.counters = SharedCounters(slots)
         self.workers = workers
+        #: Where the workers share metrics snapshots (hapax.node_metrics); made by the
+        #: supervisor, ``None`` with a single worker (no sharing, no cost).
+        self.metrics_dir = metrics_dir
+        #: This process's worker index (0..workers-1), set in the worker after the fork;
+        #: a restarted worker gets the index of the one it replaces.
+        self.worker = 0
         self._next = 0
         self._names: dict[str, tuple[int, int]] = {}
 

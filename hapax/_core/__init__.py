@@ -15,7 +15,17 @@ try:
     if NO_EXTENSIONS:
         raise ImportError("HAPAX_NO_EXTENSIONS is set")
     # All or nothing: a partial build must not mix compiled and pure units.
-    from hapax._core import _fingerprint_c, _json_c, _shm_c, _sse_c  # noqa: F401
+    from hapax._core import (  # noqa: F401
+        _fingerprint_c,
+        _flight_c,
+        _gcra_c,
+        _histogram_c,
+        _json_c,
+        _lru_c,
+        _ring_c,
+        _shm_c,
+        _sse_c,
+    )
 
     IMPLEMENTATION = "c"
 except ImportError:

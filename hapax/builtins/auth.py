@@ -25,7 +25,8 @@ class Plugin:
             self.keys = None
             return
         self.keys = {
-            k.digest: Principal(k.name, None if "*" in k.models else frozenset(k.models))
+            k.digest: Principal(k.name, None if "*" in k.models else frozenset(k.models),
+                                {"priority": k.priority})  # the provider queues' class
             for k in config.keys
         }
 

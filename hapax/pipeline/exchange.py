@@ -41,7 +41,7 @@ class Exchange:
     Filled by the pipeline: ``request_id``, ``principal``, ``alias`` (the ``model`` the
     client asked for), ``plan``, ``target`` (what served it), ``stream``, ``status``,
     ``usage`` (``{"prompt_tokens", "completion_tokens", "total_tokens"}`` when known),
-    ``attempts``, ``response_headers`` (extra headers for the client),
+    ``attempts``, ``response_headers`` (extra headers for the client), ``fingerprint``,
     ``error`` (message of the error answered, if any) and the timings
     (``started``, ``upstream_started``, ``upstream_time``, ``finished``).
 
@@ -52,7 +52,7 @@ class Exchange:
         "method", "path", "query", "headers", "body", "protocol", "client", "request_id",
         "started", "state", "api", "route", "principal", "alias", "plan", "target", "stream",
         "status", "usage", "attempts", "response_headers", "error", "upstream_started",
-        "upstream_time", "finished", "disconnected", "keep_alive", "_json",
+        "upstream_time", "finished", "disconnected", "keep_alive", "fingerprint", "_json",
     )
 
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes = b"",
@@ -87,6 +87,9 @@ class Exchange:
         self.finished = 0.0
         self.disconnected = False
         self.keep_alive = True
+        #: The request's fingerprint (16 bytes), computed once by
+        #: ``Gateway.fingerprint`` when dedup or the cache first asks for it.
+        self.fingerprint: bytes | None = None
         self._json: Any = None
 
     @property

@@ -19,6 +19,7 @@ import orjson
 
 from hapax import __version__
 from hapax._core.json import replace_string_value
+from hapax._core.sse import event_data
 from hapax.config import Config
 from hapax.errors import (
     AuthenticationError,
@@ -33,6 +34,8 @@ from hapax.errors import (
 )
 from hapax.metrics import Gauge, Metrics
 from hapax.node import NodeState
+from hapax.pipeline.admission import build_queues
+from hapax.pipeline.dedup import Dedup
 from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
 from hapax.providers.base import Provider
@@ -65,10 +68,14 @@ class Gateway:
         #: allocate their slots from it in hapax_configure.
         self.node = node if node is not None else NodeState()
         self.metrics = Metrics()
+        #: In-flight deduplication (and the fingerprint policy per model alias).
+        self.dedup = Dedup(self, config)
         self.pm, self.plugin_infos = load_plugins(config, plugins)
         configure_plugins(self.pm, config, self)
         self.hooks = Hooks(self.pm)
         self.providers = self._build_providers(config)
+        #: Admission control: a queue per provider with a max_concurrent (docs/queue.md).
+        self.queues = build_queues(config, self.node, self.metrics)
         self.max_concurrent = config.server.limits.max_concurrent
         self.in_flight = 0
         self.ready = False
@@ -126,6 +133,7 @@ class Gateway:
         self.ready = False
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        await self.dedup.close()
         for provider in self.providers.values():
             try:
                 await provider.close()
@@ -248,11 +256,34 @@ class Gateway:
         if provider is None:
             raise RequestError(f"route for {plan.alias!r} names unknown provider "
                                f"{target.provider!r}", code="bad_route")
+        dedup = self.dedup
+        if dedup.enabled and dedup.applies(ex, endpoint):
+            return await dedup.send(ex, provider, target, endpoint)
         return await self._attempt(ex, provider, target, endpoint)
+
+    def fingerprint(self, ex: Exchange) -> bytes:
+        """The request's fingerprint, computed once per exchange (dedup and the cache use
+        the same value): route, model alias, canonical body without the model's
+        ``fingerprint.ignore`` fields, scoped by the caller's key unless the model's
+        ``fingerprint.scope`` is ``global``."""
+        fp = ex.fingerprint
+        if fp is None:
+            fp = ex.fingerprint = self.dedup.fingerprint(ex)
+        return fp
 
     async def _attempt(self, ex: Exchange, provider: Provider, target: Target,
                        endpoint: str) -> Response | StreamResponse:
-        """One upstream call: admission (provider queue), send, first events."""
+        """One upstream call: admission (the provider's queue, if it has a
+        max_concurrent: the slot is held until the response is read or the stream
+        ends), then :meth:`_call`."""
+        queue = self.queues.get(target.provider) if self.queues else None
+        if queue is not None:
+            return await queue.run(ex, self._call, ex, provider, target, endpoint)
+        return await self._call(ex, provider, target, endpoint)
+
+    async def _call(self, ex: Exchange, provider: Provider, target: Target,
+                    endpoint: str) -> Response | StreamResponse:
+        """Send, first events."""
         attempt = Attempt(target, len(ex.attempts) + 1)
         ex.attempts.append(attempt)
         if self.hooks.before_attempt:
@@ -309,18 +340,29 @@ class Gateway:
         """
         transform = self.hooks.transform_chunk
         batch: list[bytes] | None = first
+        # A cache asked for this stream (hapax_cache_lookup set a byte budget): keep the
+        # events, and offer a completed stream to hapax_cache_store.
+        budget: int | None = ex.state.get("cache_stream")
+        kept: list[bytes] = []
         try:
             while True:
                 if batch is None:
                     try:
                         batch = await events.__anext__()
                     except StopAsyncIteration:
+                        if budget is not None:
+                            await self._offer_stream(ex, kept, attempt)
                         return
                 if transform:
                     batch = await self._transform_events(ex, batch)
                 for ev in batch:
                     if b'"prompt_tokens"' in ev:
                         self._note_usage(ex, ev)
+                if budget is not None:
+                    kept += batch
+                    budget -= sum(map(len, batch))
+                    if budget < 0:  # too big to cache: stop keeping it
+                        budget, kept = None, []
                 yield batch
                 batch = None
         except UpstreamError as exc:
@@ -343,6 +385,18 @@ class Gateway:
                 "code": exc.code}}) + b"\n\n"]
         finally:
             attempt.latency = ex.upstream_time = time.perf_counter() - attempt.started
+
+    async def _offer_stream(self, ex: Exchange, events: list[bytes], attempt: Attempt) -> None:
+        """A stream ended: a complete one (``[DONE]`` last) goes to hapax_cache_store as
+        one SSE body.  The client already has every event: a failure here is only logged."""
+        status = attempt.status or 0
+        if not (events and 200 <= status < 300 and event_data(events[-1]) == b"[DONE]"):
+            return
+        try:
+            await self.hooks.cache_store(ex, Response(status, b"".join(events),
+                                                      content_type=b"text/event-stream"))
+        except Exception:
+            log.exception("request %s: storing the stream failed", ex.request_id)
 
     @staticmethod
     def _note_usage(ex: Exchange, event: bytes) -> None:

@@ -47,6 +47,8 @@ BUILTIN_PLUGINS = (
     "hapax.builtins.routing",
     "hapax.builtins.accesslog",
     "hapax.builtins.metrics",
+    "hapax.builtins.ratelimit",
+    "hapax.builtins.cache",
 )
 
 

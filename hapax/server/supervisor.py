@@ -17,6 +17,7 @@ import time
 
 from hapax.config import Config
 from hapax.node import NodeState
+from hapax.node_metrics import make_dir, remove_dir
 from hapax.server.worker import run_worker
 
 __all__ = ["run_supervisor"]
@@ -43,14 +44,21 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
         log.error("cannot listen on %s:%s: %s", host, port, exc.strerror or exc)
         return 1
     port = reserved.getsockname()[1]
+    ready_r, ready_w = os.pipe()
+    # Made before the first fork: every worker, restarted ones included, maps it.
+    node = NodeState(workers=workers, metrics_dir=make_dir())
+    try:
+        return _supervise(config, workers, host, port, reserved, ready_r, ready_w, node)
+    finally:
+        remove_dir(node.metrics_dir)
+
+
+def _supervise(config: Config, workers: int, host: str, port: int,
+               reserved: socket.socket, ready_r: int, ready_w: int, node: NodeState) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     started: dict[int, float] = {}
     stopping = False
     failures = 0
-
-    ready_r, ready_w = os.pipe()
-    # Made before the first fork: every worker, restarted ones included, maps it.
-    node = NodeState(workers=workers)
 
     def spawn(index: int) -> None:
         supervisor = os.getpid()
@@ -60,6 +68,7 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
             try:
                 reserved.close()
                 os.close(ready_r)
+                node.worker = index
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 code = run_worker(config, host=host, port=port, reuse_port=True,

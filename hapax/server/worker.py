@@ -18,6 +18,7 @@ from typing import Any
 
 from hapax.config import Config
 from hapax.node import NodeState
+from hapax.node_metrics import NodeMetrics
 from hapax.pipeline.gateway import Gateway
 from hapax.server.http11 import HTTP11Protocol, ListenerState
 
@@ -120,6 +121,11 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
                       config.server.port if port is None else port, exc.strerror or exc)
             await gateway.close()
             return 1
+        # Under a supervisor: /metrics reports the whole node (hapax.node_metrics).
+        shared = None
+        if node is not None and node.metrics_dir:
+            shared = NodeMetrics(gateway.metrics, node.metrics_dir, node.worker)
+            shared.start()
         # Start-up objects (modules, config, plugins) live as long as the worker: take
         # them out of the collector's reach, so a full collection does not walk ~40k
         # objects while requests wait (docs/performance.md, benchmarks/load).
@@ -155,6 +161,8 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
             watch.cancel()
         log.info("shutting down: draining for up to %.1fs", config.server.drain_timeout)
         await server.shutdown()
+        if shared is not None:
+            shared.close(orphaned=parent_pid is not None and os.getppid() != parent_pid)
         log.info("stopped")
         return 0
 

@@ -95,6 +95,7 @@ class FakeProvider:
         self._lock = threading.Lock()
         self.port = 0
         self.active = 0  # requests being answered right now
+        self.max_active = 0  # the most answered at once (concurrency limits)
         self.disconnects = 0  # requests whose client (the gateway) went away mid-answer
 
     # -- scripting ------------------------------------------------------------------
@@ -170,6 +171,7 @@ class FakeProvider:
         self.requests.append(rec)
         reply = self._next()
         self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
             if reply.hang:
                 await asyncio.sleep(3600)

@@ -1,0 +1,13 @@
+from typing import Any
+
+class GCRA:
+    counters: Any
+    slot: int
+    limit: int
+    period_ns: int
+    interval: int
+    capacity: int
+    def __init__(self, counters: Any, slot: int, limit: int, period_ns: int) -> None: ...
+    def acquire(self, now_ns: int, cost: int = 1) -> tuple[bool, int, int, int]: ...
+    def peek(self, now_ns: int) -> tuple[int, int]: ...
+    def adjust(self, now_ns: int, delta_cost: int) -> None: ...

@@ -1,0 +1,231 @@
+"""Rate limits: requests and tokens per minute, per gateway key and per model alias.
+
+Limits come from ``keys[].limits`` (one key, all its models together) and
+``models.<alias>.limits`` (one alias, all keys together; the ``"*"`` entry's limits are
+shared by every alias it catches).  Each request is charged 1 against every applicable
+RPM limit and its estimated tokens against every applicable TPM limit, all or nothing;
+over a limit it gets 429 ``rate_limit_exceeded`` with ``Retry-After``.  After the
+response, the token charge is corrected from the provider's reported usage.
+
+Every response of a rate-limited key or model carries OpenAI's headers:
+``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``.
+
+The limits live in a :class:`hapax.limiter.Limiter`; :meth:`Plugin.make_limiter` picks
+the in-node one (exact across the node's workers).  Without any limit configured the
+plugin unregisters itself at start-up: no per-request cost at all.
+
+Settings (``plugins: {hapax.builtins.ratelimit: {...}}``, all optional):
+``completion_tokens`` (256) — tokens assumed for the answer when the request sets no
+``max_tokens``/``max_completion_tokens``; ``chars_per_token`` (4) — the prompt estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hapax.errors import ConfigError
+from hapax.limiter import Limit, Limiter, LimitState, NodeLimiter
+from hapax.metrics import Counter
+from hapax.types import Denial
+
+__all__ = ["Plugin", "estimate_tokens", "duration"]
+
+NAME = "hapax.builtins.ratelimit"
+_STATE = "hapax.ratelimit"  # exchange.state: (limiter charges of tokens, estimate)
+_UPPER = {"requests": "RPM", "tokens": "TPM"}
+
+
+def estimate_tokens(body: dict[str, Any], chars_per_token: int, completion_default: int) -> int:
+    """A cheap upper-ish guess of the tokens a request will use: prompt text length over
+    ``chars_per_token``, plus the completion budget it asks for (times ``n``)."""
+    chars = 0
+    messages = body.get("messages")
+    if type(messages) is list:
+        for m in messages:
+            content = m.get("content") if type(m) is dict else None
+            if type(content) is str:
+                chars += len(content)
+            elif type(content) is list:
+                for part in content:
+                    text = part.get("text") if type(part) is dict else None
+                    if type(text) is str:
+                        chars += len(text)
+        completion = body.get("max_completion_tokens")
+        if type(completion) is not int:
+            completion = body.get("max_tokens")
+        if type(completion) is not int or completion < 0:
+            completion = completion_default
+        n = body.get("n")
+        completion *= n if type(n) is int and n > 0 else 1
+    else:  # embeddings: only input
+        completion = 0
+        inp = body.get("input")
+        items = inp if type(inp) is list else [inp]
+        for item in items:
+            if type(item) is str:
+                chars += len(item)
+            elif type(item) is int:  # an input given as token ids
+                chars += chars_per_token
+            elif type(item) is list:
+                chars += len(item) * chars_per_token
+    return -(-chars // chars_per_token) + completion
+
+
+def duration(ns: int) -> str:
+    """OpenAI's (Go's) duration format, rounded up to the millisecond: ``20ms``, ``1s``,
+    ``6m0s``, ``1h2m3.5s``."""
+    ms = -(-ns // 1_000_000) if ns > 0 else 0
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    s, ms = divmod(ms, 1000)
+    sec = f"{s % 60}.{ms:03d}".rstrip("0").rstrip(".") if ms else str(s % 60)
+    if s < 60:
+        return f"{sec}s"
+    m = s // 60
+    if m < 60:
+        return f"{m}m{sec}s"
+    return f"{m // 60}h{m % 60}m{sec}s"
+
+
+def _limits_of(scope: str, owner: str, cfg: Any) -> tuple[Limit, ...]:
+    if cfg is None:
+        return ()
+    out = []
+    if cfg.rpm is not None:
+        out.append(Limit(scope, owner, "requests", cfg.rpm))
+    if cfg.tpm is not None:
+        out.append(Limit(scope, owner, "tokens", cfg.tpm))
+    return tuple(out)
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.limiter: Limiter | None = None
+        self.by_key: dict[str, tuple[Limit, ...]] = {}
+        self.by_alias: dict[str, tuple[Limit, ...]] = {}
+        self.catchall: tuple[Limit, ...] = ()
+        self.chars_per_token = 4
+        self.completion_tokens = 256
+        self.rejections: Counter | None = None
+
+    def make_limiter(self, gateway: Any) -> Limiter:
+        """The limiter to use; override (or replace this plugin's ``limiter``) for another
+        store, e.g. a cluster-wide one."""
+        return NodeLimiter(gateway.node)
+
+    def hapax_configure(self, config: Any, gateway: Any) -> None:
+        self._settings(config.plugin_settings(NAME))
+        self.by_key = {k.name: lims for k in (config.keys or ())
+                       if (lims := _limits_of("key", k.name, k.limits))}
+        self.by_alias = {alias: _limits_of("model", alias, m.limits)
+                         for alias, m in config.models.items() if alias != "*"}
+        star = config.models.get("*")
+        self.catchall = _limits_of("model", "*", star.limits) if star is not None else ()
+        every = [lim for lims in self.by_key.values() for lim in lims]
+        every += [lim for lims in self.by_alias.values() for lim in lims] + list(self.catchall)
+        # Registered even without limits, so /metrics always shows the family.
+        self.rejections = gateway.metrics.add(Counter(
+            "hapax_ratelimit_rejections_total", "Requests refused by a rate limit, by scope "
+            "(key|model), key name or model alias, and limit (requests|tokens).",
+            ("scope", "name", "limit")))
+        if not every:
+            # Nothing to limit: leave the request path entirely.
+            gateway.pm.unregister(self)
+            return
+        self.limiter = self.make_limiter(gateway)
+        self.limiter.prepare(every)
+
+    def _settings(self, settings: dict[str, Any]) -> None:
+        problems = []
+        for name in settings:
+            if name not in ("completion_tokens", "chars_per_token"):
+                problems.append((name, "unknown setting (known: completion_tokens, "
+                                       "chars_per_token)"))
+        for name, low in (("completion_tokens", 0), ("chars_per_token", 1)):
+            value = settings.get(name, getattr(self, name))
+            if type(value) is not int or value < low:
+                problems.append((name, f"expected an integer >= {low}"))
+            else:
+                setattr(self, name, value)
+        if problems:
+            raise ConfigError(problems)
+
+    async def hapax_admit(self, exchange: Any, plan: Any) -> Denial | None:
+        lims = self.by_key.get(exchange.principal.name, ())
+        model = self.by_alias.get(plan.alias)
+        lims += self.catchall if model is None else model
+        if not lims:
+            return None
+        tokens = -1  # estimated once, if a TPM limit applies
+        charges = []
+        for lim in lims:
+            if lim.kind == "requests":
+                charges.append((lim, 1))
+            else:
+                if tokens < 0:
+                    tokens = estimate_tokens(exchange.json, self.chars_per_token,
+                                             self.completion_tokens)
+                charges.append((lim, tokens))
+        assert self.limiter is not None
+        states = await self.limiter.acquire(charges)
+        exchange.response_headers.extend(_headers(states))
+        for st in states:
+            if not st.allowed:
+                return self._deny(st, charges)
+        if tokens >= 0:
+            exchange.state[_STATE] = ([c for c in charges if c[0].kind == "tokens"], tokens)
+        return None
+
+    def _deny(self, st: LimitState, charges: list[tuple[Limit, int]]) -> Denial:
+        lim = st.limit
+        if self.rejections is not None:
+            self.rejections.inc((lim.scope, lim.owner, lim.kind))
+        cost = next(c for li, c in charges if li is lim)
+        what = f"key {lim.owner!r}" if lim.scope == "key" else f"model {lim.owner!r}"
+        per = f"{lim.kind} per minute ({_UPPER[lim.kind]})"
+        if st.retry_after_ns < 0:
+            return Denial(429, f"Request too large for {what} on {per}: limit {lim.limit}, "
+                          f"requested {cost}.", "rate_limit_error", "rate_limit_exceeded")
+        return Denial(
+            429, f"Rate limit reached for {what} on {per}: limit {lim.limit}, requested "
+            f"{cost}. Please try again in {duration(st.retry_after_ns)}.",
+            "rate_limit_error", "rate_limit_exceeded",
+            ((b"retry-after", b"%d" % -(-st.retry_after_ns // 1_000_000_000)),
+             (b"retry-after-ms", b"%d" % -(-st.retry_after_ns // 1_000_000))))
+
+    def hapax_after_response(self, exchange: Any) -> None:
+        noted = exchange.state.get(_STATE)
+        if noted is None:
+            return
+        charges, estimate = noted
+        usage = exchange.usage
+        if not exchange.attempts:
+            delta = -estimate  # answered without a provider (e.g. from the cache)
+        elif usage:
+            total = usage.get("total_tokens")
+            if type(total) is not int:
+                total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+            delta = total - estimate
+        elif exchange.status >= 400:
+            delta = -estimate  # no answer: nothing was used
+        else:
+            return  # an answer without usage (a stream without include_usage): keep it
+        if delta:
+            assert self.limiter is not None
+            for lim, _ in charges:
+                self.limiter.adjust(lim, delta)
+
+
+def _headers(states: list[LimitState]) -> list[tuple[bytes, bytes]]:
+    """One set of headers per kind: the refused limit if any, else the tightest."""
+    best: dict[str, LimitState] = {}
+    for st in states:
+        cur = best.get(st.limit.kind)
+        if cur is None or (cur.allowed and (not st.allowed or st.remaining < cur.remaining)):
+            best[st.limit.kind] = st
+    out = []
+    for kind, st in best.items():
+        out.append((b"x-ratelimit-limit-" + kind.encode(), b"%d" % st.limit.limit))
+        out.append((b"x-ratelimit-remaining-" + kind.encode(), b"%d" % st.remaining))
+        out.append((b"x-ratelimit-reset-" + kind.encode(), duration(st.reset_ns).encode()))
+    return out
