@@ -21,6 +21,7 @@ from hapax._core import json as core_json
 from hapax._core import lru as core_lru
 from hapax._core import ring as core_ring
 from hapax._core import shm as core_shm
+from hapax._core import shmcache as core_shmcache
 from hapax._core import sse as core_sse
 
 ROOT = Path(hapax.__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ UNITS = {
     core_lru: ("lru", ["LRU"]),
     core_ring: ("ring", ["Ring", "FairQueue", "Entry"]),
     core_shm: ("shm", ["SharedCounters"]),
+    core_shmcache: ("shmcache", ["SharedLRU"]),
     core_fingerprint: ("fingerprint", ["fingerprint"]),
     core_flight: ("flight", ["ReplayLog"]),
     core_gcra: ("gcra", ["GCRA"]),

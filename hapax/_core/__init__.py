@@ -24,6 +24,7 @@ try:
         _lru_c,
         _ring_c,
         _shm_c,
+        _shmcache_c,
         _sse_c,
     )
 
