@@ -13,7 +13,10 @@ A cluster (several nodes) will keep this state in Redis behind the same interfac
 
 from __future__ import annotations
 
+from typing import Any
+
 from hapax._core.shm import SharedCounters
+from hapax._core.shmcache import SharedLRU
 
 __all__ = ["NodeState", "DEFAULT_SLOTS"]
 
@@ -22,8 +25,11 @@ DEFAULT_SLOTS = 1 << 16  # 512 KiB of int64 slots
 
 class NodeState:
     def __init__(self, slots: int = DEFAULT_SLOTS, *, workers: int = 1,
-                 metrics_dir: str | None = None) -> None:
+                 metrics_dir: str | None = None, cache_bytes: int = 0) -> None:
         self.counters = SharedCounters(slots)
+        #: The response cache's store, shared by the workers (made here, before the
+        #: fork, when the config caches some alias; else made by the cache plugin).
+        self.cache_store: Any = SharedLRU(cache_bytes) if cache_bytes else None
         self.workers = workers
         #: Where the workers share metrics snapshots (hapax.node_metrics); made by the
         #: supervisor, ``None`` with a single worker (no sharing, no cost).

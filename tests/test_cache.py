@@ -241,13 +241,14 @@ def test_a_stream_too_big_for_the_cache_is_not_kept(fake_provider: FakeProvider,
     assert len(fake_provider.requests) == 2 and metric(gw, "hapax_cache_entries") == 0
 
 
-@pytest.mark.parametrize("workers", [1, 4])
-def test_each_worker_holds_its_share_of_the_node_budget(fake_provider: FakeProvider,
-                                                        workers: int) -> None:
+def test_the_store_is_the_nodes(fake_provider: FakeProvider) -> None:
+    # Made before the workers fork (NodeState), the store is the same memory in each.
     config = from_dict(cached(fake_provider, cache={"max_bytes": "1MiB"}), "<test>")
-    gateway = Gateway(config, node=NodeState(256, workers=workers))
+    node = NodeState(256, workers=4, cache_bytes=1 << 20)
+    gateway = Gateway(config, node=node)
     plugin = gateway.pm.get_plugin("hapax.builtins.cache")
-    assert plugin.cache.lru.max_bytes == (1 << 20) // workers
+    assert plugin.cache.lru is node.cache_store
+    assert node.cache_store.max_bytes == 1 << 20  # the node's whole budget, not a share
 
 
 def mock_config(max_bytes: int) -> dict[str, Any]:
@@ -257,34 +258,43 @@ def mock_config(max_bytes: int) -> dict[str, Any]:
             "cache": {"max_bytes": max_bytes}}
 
 
+def _pinned_connections(hp: HapaxProcess) -> dict[int, http.client.HTTPConnection]:
+    """Keep-alive connections, one per worker pid (found with /healthz)."""
+    host, _, port = hp.url.removeprefix("http://").rpartition(":")
+    conns: dict[int, http.client.HTTPConnection] = {}
+    for _ in range(200):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/healthz")
+        pid = orjson.loads(conn.getresponse().read())["pid"]
+        if pid in conns:
+            conn.close()
+        else:
+            conns[pid] = conn
+        if len(conns) == 2:
+            return conns
+    raise AssertionError("the kernel never spread connections over both workers")
+
+
 @pytest.mark.slow
-def test_the_node_bound_holds_under_two_workers(hapax_gateway: Any, tmp_path: Any) -> None:
-    # The size one answer is charged, measured on one worker with room to spare.
-    gw = hapax_gateway(mock_config(1 << 20))
-    assert post(gw, chat())[1]["x-hapax-cache"] == "miss"
-    size = int(metric(gw, "hapax_cache_bytes"))
-    assert size > 0
-    # A node bound of 1.5 answers: one worker holds the answer...
-    node_bound = size + size // 2
-    single = hapax_gateway(mock_config(node_bound))
-    assert [post(single, chat())[1]["x-hapax-cache"] for _ in range(2)] == ["miss", "hit"]
-    # ...two workers get 0.75 answers each: neither may hold it, however requests spread
-    # (of 8 requests on new connections, some worker gets two: a hit if it had kept one).
+def test_a_hit_is_shared_by_the_workers(tmp_path: Any) -> None:
+    # An answer stored by one worker is a hit in the other: the store is the node's.
     path = tmp_path / "pipeline.yaml"
-    path.write_bytes(orjson.dumps(mock_config(node_bound)))
+    path.write_bytes(orjson.dumps(mock_config(1 << 20)))
     with HapaxProcess(path, "--workers", "2") as hp:
         hp.wait_ready(workers=2)
-        host, _, port = hp.url.removeprefix("http://").rpartition(":")
-        results = []
-        for _ in range(8):
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            try:
-                conn.request("POST", "/v1/chat/completions", body=orjson.dumps(chat()),
-                             headers={"content-type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                assert resp.status == 200
-                results.append(resp.getheader("x-hapax-cache"))
-            finally:
-                conn.close()
-        assert results == ["miss"] * 8
+        a, b = _pinned_connections(hp).values()
+        try:
+            for first, second, prompt in ((a, b, "one"), (b, a, "two")):
+                results = []
+                for conn in (first, second):
+                    conn.request("POST", "/v1/chat/completions", body=orjson.dumps(chat(prompt)),
+                                 headers={"content-type": "application/json"})
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    assert resp.status == 200
+                    results.append((resp.getheader("x-hapax-cache"), body))
+                assert [r[0] for r in results] == ["miss", "hit"]
+                assert results[0][1] == results[1][1]
+        finally:
+            a.close()
+            b.close()

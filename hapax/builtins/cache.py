@@ -13,9 +13,9 @@ original answer.  ``Cache-Control: no-cache`` from the client skips the lookup b
 the fresh answer; ``no-store`` does neither.  Every response of a cached alias carries
 ``x-hapax-cache: hit|miss|bypass``.
 
-Memory: a byte-bounded LRU (:mod:`hapax._core.lru`) per worker process, each with
-``cache.max_bytes / workers``, so the node never holds more than ``cache.max_bytes``;
-a worker only hits answers it stored itself (see docs/cache.md).
+Memory: one byte-bounded LRU for the whole node (:mod:`hapax._core.shmcache`), in memory
+shared by the worker processes (made before they fork), so an answer stored by one worker
+is a hit in every other and the node never holds more than ``cache.max_bytes``.
 
 When no alias has a cache, this plugin registers no request hook at all: the gateway's
 cache stages are empty and cost nothing.
@@ -24,17 +24,20 @@ cache stages are empty and cost nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from hapax._core.lru import LRU
+import orjson
+from prometheus_client.core import CounterMetricFamily
+
+from hapax._core.shmcache import SharedLRU
 from hapax.metrics import Counter, Gauge
 from hapax.types import Response, StreamResponse, Target
 
 __all__ = ["Plugin", "ENTRY_OVERHEAD"]
 
-#: Bytes charged per entry on top of its body and headers (key, node, tuple, objects):
-#: an estimate, so that many tiny answers still count against ``cache.max_bytes``.
+#: Room kept for an entry's own record (status, headers, target) when a stream is
+#: collected for the cache: a stream bigger than the store minus this is not kept.
 ENTRY_OVERHEAD = 256
 
 _HEADER = b"x-hapax-cache"
@@ -52,6 +55,38 @@ async def _replay(body: bytes) -> AsyncIterator[list[bytes]]:
     yield [body]
 
 
+def _pack(status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes, target: Target,
+          stream: bool) -> bytes:
+    """One entry as bytes (the shared store holds bytes): a JSON record, NUL, the body.
+    orjson escapes control characters, so the record never contains a NUL."""
+    record = orjson.dumps([status, stream, target.provider, target.model,
+                           [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]])
+    return record + b"\0" + body
+
+
+def _unpack(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes, Target, bool]:
+    cut = data.index(b"\0")
+    status, stream, provider, model, headers = orjson.loads(data[:cut])
+    return (status, [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+            data[cut + 1:], Target(provider, model), stream)
+
+
+class _StoreCounter:
+    """A counter read from the node-wide store: every worker sees the same value, so it is
+    reported as is, never added up across workers."""
+
+    kind = "counter"
+    labels: tuple[str, ...] = ()
+
+    def __init__(self, name: str, doc: str, read: Any) -> None:
+        self.name, self.doc, self.read = name, doc, read
+
+    def collect(self, others: Sequence[Any] = ()) -> Iterator[Any]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=())
+        fam.add_metric([], float(self.read()))
+        yield fam
+
+
 class _Metrics:
     """The cache's metric families: exposed even without a cached alias (all zero), so
     dashboards and alerts need not know whether a node caches.  Plain counters and
@@ -62,19 +97,20 @@ class _Metrics:
         self.requests = metrics.add(Counter(
             "hapax_cache_requests_total", "Requests for cached model aliases, by alias and "
             "result (hit|miss|bypass).", ("model", "result")))
-        self.evictions = metrics.add(Counter(
+        metrics.add(_StoreCounter(
             "hapax_cache_evictions_total", "Cached answers evicted to make room (least "
-            "recently used first).", ()))
+            "recently used first).", lambda: self._read("evictions")))
+        # The store is node-wide: each worker reads the same totals (no sum).
         metrics.add(Gauge("hapax_cache_bytes", "Bytes held by the response cache.", (),
-                          lambda: {(): self._read(False)}))
+                          lambda: {(): self._read("bytes")}, merge="none"))
         metrics.add(Gauge("hapax_cache_entries", "Answers held by the response cache.", (),
-                          lambda: {(): self._read(True)}))
+                          lambda: {(): self._read("entries")}, merge="none"))
 
-    def _read(self, entries: bool) -> float:
+    def _read(self, what: str) -> float:
         lru = self.lru
         if lru is None:
             return 0.0
-        return float(len(lru) if entries else lru.bytes)
+        return float(len(lru) if what == "entries" else getattr(lru, what))
 
 
 class _Cache:
@@ -85,11 +121,11 @@ class _Cache:
         self.gateway = gateway
         self.ttls = ttls
         self.listed = frozenset(config.models)  # aliases that do not fall back to "*"
-        workers = max(1, int(getattr(gateway.node, "workers", 1) or 1))
-        # Each worker gets its share, so the node's total stays within cache.max_bytes.
-        self.lru = metrics.lru = LRU(config.cache.max_bytes // workers)
+        store = getattr(gateway.node, "cache_store", None)
+        if store is None:  # one process (no supervisor): the store need not be shared
+            store = SharedLRU(config.cache.max_bytes)
+        self.lru = metrics.lru = store
         self.requests = metrics.requests
-        self.evictions = metrics.evictions
 
     def _ttl(self, alias: str | None) -> float | None:
         if alias is None:
@@ -116,11 +152,11 @@ class _Cache:
                     return None
         key = self.gateway.fingerprint(exchange)
         if lookup:
-            found = self.lru.get(key, time.monotonic())
+            found = self.lru.get(key, time.monotonic_ns())
             if found is not None:
                 self.requests.inc((alias, "hit"))
                 exchange.response_headers.append((_HEADER, _HIT))
-                status, headers, body, target, stream = found
+                status, headers, body, target, stream = _unpack(found)
                 exchange.target = target
                 if stream:
                     return StreamResponse(status, _replay(body), list(headers))
@@ -140,14 +176,9 @@ class _Cache:
         key, ttl = pending
         headers = tuple(response.headers)
         stream = any(n == b"content-type" and v.startswith(_SSE) for n, v in headers)
-        size = ENTRY_OVERHEAD + len(response.body) + sum(len(n) + len(v) for n, v in headers)
         target = exchange.target or Target("cache", exchange.alias or "")
-        lru = self.lru
-        evicted = lru.evictions
-        lru.put(key, (response.status, headers, response.body, target, stream), size,
-                time.monotonic() + ttl)
-        if lru.evictions != evicted:
-            self.evictions.inc((), lru.evictions - evicted)
+        self.lru.put(key, _pack(response.status, headers, response.body, target, stream),
+                     time.monotonic_ns() + int(ttl * 1e9))
 
 
 class Plugin:

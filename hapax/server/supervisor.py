@@ -46,7 +46,9 @@ def run_supervisor(config: Config, *, workers: int, host: str | None = None,
     port = reserved.getsockname()[1]
     ready_r, ready_w = os.pipe()
     # Made before the first fork: every worker, restarted ones included, maps it.
-    node = NodeState(workers=workers, metrics_dir=make_dir())
+    cached = any(m.cache is not None for m in config.models.values())
+    node = NodeState(workers=workers, metrics_dir=make_dir(),
+                     cache_bytes=config.cache.max_bytes if cached else 0)
     try:
         return _supervise(config, workers, host, port, reserved, ready_r, ready_w, node)
     finally:
