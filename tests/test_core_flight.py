@@ -3,26 +3,15 @@ plus a model-based comparison of the twins."""
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import pytest
+from core_twins import needs_c, twins
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hapax._core import NO_EXTENSIONS
-
-needs_c = pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS is set")
-
-
-@pytest.fixture(
-    scope="module",  # module scope: hypothesis refuses function-scoped fixtures
-    params=[pytest.param("c", marks=needs_c), "py"],
-    ids=["c", "py"],
-)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._flight_{request.param}")
+impl = twins("flight")
 
 
 def ev(i: int, size: int = 10) -> bytes:

@@ -3,26 +3,15 @@ property test of each against a plain reference implementation."""
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import pytest
+from core_twins import twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hapax._core import NO_EXTENSIONS
-
-needs_c = pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS is set")
-
-
-@pytest.fixture(
-    scope="module",  # module scope: hypothesis refuses function-scoped fixtures
-    params=[pytest.param("c", marks=needs_c), "py"],
-    ids=["c", "py"],
-)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._lru_{request.param}")
+impl = twins("lru")
 
 
 def test_get_put_and_counters(impl: ModuleType) -> None:

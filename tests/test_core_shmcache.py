@@ -16,21 +16,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from core_twins import needs_c, twins
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hapax._core import NO_EXTENSIONS
-
-needs_c = pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS is set")
-
-
-@pytest.fixture(
-    scope="module",  # module scope: hypothesis refuses function-scoped fixtures
-    params=[pytest.param("c", marks=needs_c), "py"],
-    ids=["c", "py"],
-)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._shmcache_{request.param}")
+impl = twins("shmcache")
 
 
 def key(n: int, prefix: bytes = b"") -> bytes:
