@@ -266,6 +266,12 @@ class ModelConfig:
                                              default_factory=FingerprintConfig)
     timeout: float = setting("Deadline of a request, queueing included.", conv_duration, 600.0,
                              shown_default="600s")
+    retries: int = setting("Extra attempts on the same target before failing over to the next "
+                           "one (docs/reliability.md).", conv_int(0, 10), 2)
+    retry_on: tuple[int, ...] = setting("Upstream statuses that are retried (then failed over); "
+                                        "connection errors and timeouts always are.",
+                                        conv_list(conv_int(400, 599)),
+                                        (429, 500, 502, 503, 504))
 
 
 def _conv_cache(value: Any, path: str, ctx: Ctx) -> Any:

@@ -37,6 +37,7 @@ from hapax.node import NodeState
 from hapax.pipeline.admission import build_queues
 from hapax.pipeline.dedup import Dedup
 from hapax.pipeline.exchange import Exchange
+from hapax.pipeline.executor import Executor
 from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
 from hapax.providers.base import Provider
 from hapax.types import Attempt, Response, RoutePlan, StreamResponse, Target
@@ -70,6 +71,8 @@ class Gateway:
         self.metrics = Metrics()
         #: In-flight deduplication (and the fingerprint policy per model alias).
         self.dedup = Dedup(self, config)
+        #: Retries with backoff and failover across a model's targets.
+        self.executor = Executor(self)
         self.pm, self.plugin_infos = load_plugins(config, plugins)
         configure_plugins(self.pm, config, self)
         self.hooks = Hooks(self.pm)
@@ -230,7 +233,8 @@ class Gateway:
             cached = await hooks.cache_lookup(ex)
             if cached is not None:
                 return cached
-        return await self._send(ex, plan, plan.targets[0], endpoint)
+        # Retries and failover around _send (docs/reliability.md).
+        return await self.executor.run(ex, plan, endpoint)
 
     def _upstream_body(self, ex: Exchange, target: Target) -> bytes:
         if self._transform:

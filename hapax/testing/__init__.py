@@ -32,12 +32,16 @@ def __getattr__(name: str) -> Any:
 
 def config_for(base_url: str, *, models: Iterable[str] = ("test-model",),
                upstream_model: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A config dict routing ``models`` to an OpenAI-compatible server at ``base_url``."""
+    """A config dict routing ``models`` to an OpenAI-compatible server at ``base_url``.
+
+    Its models have ``retries: 0``: one target, one attempt per request, so a test sees
+    each upstream answer as it is (tests of retries set ``retries`` themselves)."""
     cfg: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
         "providers": {"fake": {"kind": "openai", "base_url": base_url}},
         "models": {m: {"targets": [{"provider": "fake", **(
-            {"model": upstream_model} if upstream_model else {})}]} for m in models},
+            {"model": upstream_model} if upstream_model else {})}], "retries": 0}
+            for m in models},
     }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):

@@ -1,0 +1,144 @@
+"""Retries with backoff, and failover across a model's targets (docs/reliability.md).
+
+The gateway hands a routed exchange to :meth:`Executor.run`, which walks
+``plan.targets`` in order and gives each up to ``1 + retries`` attempts through
+``Gateway._send`` (so in-flight dedup and the provider's queue still apply to each
+attempt).  An attempt is retried, then failed over, when it raises
+:class:`~hapax.errors.UpstreamError` (connect error, timeout, 5xx; for a stream, a
+failure before its first event) or answers a status in ``retry_on``; any other
+status is the answer.  Retries sleep with exponential backoff and full jitter,
+honour ``retry-after``/``retry-after-ms``, and never sleep past the request's
+deadline.  A :class:`RetryBudget` keeps retries to a fraction of traffic, so an
+outage cannot turn into a retry storm: with the budget spent, a failing target is
+failed over at once, and the last failure is what the client gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from hapax.errors import UpstreamError
+from hapax.metrics import Counter
+from hapax.types import Response, RoutePlan, StreamResponse
+
+if TYPE_CHECKING:
+    from hapax.pipeline.exchange import Exchange
+    from hapax.pipeline.gateway import Gateway
+
+__all__ = ["Executor", "RetryBudget", "backoff_delay", "retry_after"]
+
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+
+
+def backoff_delay(retry: int, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**retry)] (``retry`` counts from 0)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** retry))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """Seconds the provider asked us to wait (``retry-after-ms`` wins), else None.
+    Only the delta-seconds form of ``retry-after`` is understood (not HTTP dates)."""
+    seconds = None
+    for name, value in headers:
+        name = name.lower()
+        try:
+            if name == b"retry-after-ms":
+                return max(0.0, float(value) / 1000.0)
+            if name == b"retry-after":
+                seconds = max(0.0, float(value))
+        except ValueError:
+            continue
+    return seconds
+
+
+class RetryBudget:
+    """Retries allowed: ``ratio`` of the requests seen over the last ``window`` seconds,
+    plus ``floor`` (so a quiet gateway can still retry).  Per worker."""
+
+    def __init__(self, ratio: float = 0.2, window: float = 10.0, floor: int = 10) -> None:
+        self.ratio, self.window, self.floor = ratio, window, floor
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        edge = now - self.window
+        for q in (self._requests, self._retries):
+            while q and q[0] < edge:
+                q.popleft()
+
+    def note_request(self) -> None:
+        now = time.monotonic()
+        self._trim(now)
+        self._requests.append(now)
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        now = time.monotonic()
+        self._trim(now)
+        if len(self._retries) >= self.floor + self.ratio * len(self._requests):
+            return False
+        self._retries.append(now)
+        return True
+
+
+class Executor:
+    """Retries and failover for one worker's gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.budget = RetryBudget()
+        metrics = gateway.metrics
+        self.retries_total = metrics.add(Counter(
+            "hapax_retries_total", "Upstream attempts retried on the same target, by model "
+            "alias and reason (status code, or the error kind).", ("model", "reason")))
+        self.failovers_total = metrics.add(Counter(
+            "hapax_failovers_total", "Requests moved on to their next target, by model alias.",
+            ("model",)))
+
+    async def run(self, ex: Exchange, plan: RoutePlan,
+                  endpoint: str) -> Response | StreamResponse:
+        models = self.gateway.config.models
+        mc = models.get(plan.alias) or models.get(ex.alias or "")
+        retries = mc.retries if mc is not None else 0
+        retry_on = frozenset(mc.retry_on) if mc is not None else frozenset()
+        deadline = ex.started + (mc.timeout if mc is not None else 600.0)
+        self.budget.note_request()
+        targets = plan.targets
+        last: Response | StreamResponse | UpstreamError | None = None
+        for index, target in enumerate(targets):
+            if index:
+                self.failovers_total.inc((plan.alias,))
+            tries = 0
+            while True:
+                try:
+                    resp = await self.gateway._send(ex, plan, target, endpoint)
+                except UpstreamError as exc:
+                    status = getattr(exc, "upstream_status", None)
+                    if status is not None and status not in retry_on:
+                        raise  # e.g. 501: a status not configured as retryable
+                    last, reason, wait = exc, status or exc.code or "error", None
+                else:
+                    if resp.status not in retry_on:
+                        return resp
+                    last, reason, wait = resp, resp.status, retry_after(resp.headers)
+                    if isinstance(resp, StreamResponse) and resp.close is not None:
+                        resp.close()
+                if tries >= retries or not self.budget.try_spend():
+                    break  # fail over (or give up, after the last target)
+                delay = backoff_delay(tries) if wait is None else wait
+                if time.perf_counter() + delay >= deadline:
+                    break  # sleeping would pass the deadline: try the next target instead
+                tries += 1
+                self.retries_total.inc((plan.alias, str(reason)))
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        if isinstance(last, UpstreamError):
+            raise last
+        assert last is not None  # plan.targets is never empty (min_items=1)
+        return last

@@ -1,0 +1,161 @@
+"""Retries and failover (docs/reliability.md) through the real server: the openai SDK as
+client (its own retries off), two fake providers as a model's two targets."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from hapax.pipeline.executor import RetryBudget
+from hapax.testing import GatewayThread
+from hapax.testing.fake_provider import FakeProvider, Reply
+
+HELLO = [{"role": "user", "content": "hello"}]
+GatewayFactory = Callable[..., GatewayThread]
+
+
+@pytest.fixture
+def second() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+def two_targets(primary: str, secondary: str, **model: Any) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
+        "providers": {"primary": {"kind": "openai", "base_url": primary},
+                      "secondary": {"kind": "openai", "base_url": secondary}},
+        "models": {"m": {"targets": [{"provider": "primary"}, {"provider": "secondary"}],
+                         "dedup": "off", **model}},
+    }
+
+
+def client(gw: GatewayThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+
+
+def chat(gw: GatewayThread) -> Any:
+    return client(gw).chat.completions.with_raw_response.create(model="m", messages=HELLO)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_500_is_retried_on_the_same_target(hapax_gateway: GatewayFactory,
+                                           fake_provider: FakeProvider,
+                                           second: FakeProvider) -> None:
+    fake_provider.queue(Reply(status=500), Reply(status=500))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=2))
+    raw = chat(gw)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-hapax-provider"] == "primary"
+    assert len(fake_provider.requests) == 3
+    assert second.requests == []
+    metrics = gw.gateway.metrics.render().decode()
+    assert 'hapax_retries_total{model="m",reason="500"} 2' in metrics
+
+
+def test_500_always_fails_over_to_the_secondary(hapax_gateway: GatewayFactory,
+                                                fake_provider: FakeProvider,
+                                                second: FakeProvider) -> None:
+    fake_provider.default = Reply(status=500)
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=1))
+    raw = chat(gw)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-hapax-provider"] == "secondary"
+    assert raw.parse().choices[0].message.content
+    assert len(fake_provider.requests) == 2
+    assert len(second.requests) == 1
+
+
+def test_connection_refused_fails_over(hapax_gateway: GatewayFactory,
+                                       second: FakeProvider) -> None:
+    gw = hapax_gateway(two_targets(f"http://127.0.0.1:{closed_port()}/v1", second.base_url))
+    raw = chat(gw)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-hapax-provider"] == "secondary"
+    assert len(second.requests) == 1
+
+
+def test_429_with_retry_after_waits_and_retries(hapax_gateway: GatewayFactory,
+                                                fake_provider: FakeProvider,
+                                                second: FakeProvider) -> None:
+    fake_provider.queue(Reply(status=429, json={"error": {"message": "slow down"}},
+                              headers={"Retry-After": "1"}))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url))
+    raw = chat(gw)
+    assert raw.http_response.status_code == 200
+    assert len(fake_provider.requests) == 2
+    assert second.requests == []
+
+
+def test_400_is_returned_at_once(hapax_gateway: GatewayFactory, fake_provider: FakeProvider,
+                                 second: FakeProvider) -> None:
+    fake_provider.queue(Reply(status=400, json={"error": {"message": "bad prompt",
+                                                          "type": "invalid_request_error"}}))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url))
+    with pytest.raises(openai.BadRequestError, match="bad prompt"):
+        chat(gw)
+    assert len(fake_provider.requests) == 1
+    assert second.requests == []
+
+
+def test_retries_0_fails_over_straight_away(hapax_gateway: GatewayFactory,
+                                            fake_provider: FakeProvider,
+                                            second: FakeProvider) -> None:
+    fake_provider.default = Reply(status=503)
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=0))
+    raw = chat(gw)
+    assert raw.headers["x-hapax-provider"] == "secondary"
+    assert len(fake_provider.requests) == 1
+    assert len(second.requests) == 1
+
+
+def test_every_target_failing_returns_the_last_error(hapax_gateway: GatewayFactory,
+                                                     fake_provider: FakeProvider,
+                                                     second: FakeProvider) -> None:
+    fake_provider.default = Reply(status=500)
+    second.default = Reply(status=502)
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=1))
+    with pytest.raises(openai.InternalServerError) as info:
+        chat(gw)
+    assert info.value.status_code == 502
+    assert info.value.response.headers["x-hapax-provider"] == "secondary"
+    assert len(fake_provider.requests) == 2
+    assert len(second.requests) == 2
+    metrics = gw.gateway.metrics.render().decode()
+    assert 'hapax_failovers_total{model="m"} 1' in metrics
+    assert 'hapax_retries_total{model="m",reason="500"} 1' in metrics
+
+
+def test_stream_fails_over_before_the_first_event(hapax_gateway: GatewayFactory,
+                                                  fake_provider: FakeProvider,
+                                                  second: FakeProvider) -> None:
+    fake_provider.default = Reply(status=500)
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=0))
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="m", messages=HELLO, stream=True) as resp:
+        assert resp.headers["x-hapax-provider"] == "secondary"
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text
+    assert len(fake_provider.requests) == 1
+    assert len(second.requests) == 1
+
+
+def test_spent_retry_budget_fails_over_without_retrying(hapax_gateway: GatewayFactory,
+                                                        fake_provider: FakeProvider,
+                                                        second: FakeProvider) -> None:
+    fake_provider.default = Reply(status=500)
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=2))
+    gw.gateway.executor.budget = RetryBudget(ratio=0.0, floor=0)
+    raw = chat(gw)
+    assert raw.headers["x-hapax-provider"] == "secondary"
+    assert len(fake_provider.requests) == 1  # no retry: straight to the next target
+    assert len(second.requests) == 1
