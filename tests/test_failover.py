@@ -34,8 +34,20 @@ def two_targets(primary: str, secondary: str, **model: Any) -> dict[str, Any]:
     }
 
 
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()  # an unclosed SDK client leaks its sockets
+
+
 def client(gw: GatewayThread) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+    _clients.append(c)
+    return c
 
 
 def chat(gw: GatewayThread) -> Any:
