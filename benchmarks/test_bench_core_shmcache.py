@@ -1,5 +1,5 @@
 """The shared response-cache store (hapax._core.shmcache), compiled against pure-Python,
-next to the per-worker LRU it is meant to replace (hapax._core.lru, the selected twin).
+next to a per-process LRU baseline (an OrderedDict, as a store that is not shared).
 
 Keys are 16-byte fingerprints; the store holds 10 000 values of 1000 bytes (one 1 KiB
 block each; a 10 MiB arena), so every operation works on a full, realistic table:
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 
 from hapax._core import NO_EXTENSIONS
-from hapax._core.lru import LRU
 
 STORES = [
     pytest.param("shm-c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
@@ -39,16 +39,36 @@ FOREVER = 1 << 62
 
 
 class WorkerLRU:
-    """The per-worker LRU behind the shared store's API (the size is the value's length)."""
+    """Baseline: a per-process LRU on an OrderedDict, bounded by value bytes — what one
+    worker would pay for a store that is not shared."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.lru = LRU(max_bytes)
+        self.entries: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = self.misses = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
     def get(self, key: bytes, now: int) -> Any:
-        return self.lru.get(key, now)
+        found = self.entries.get(key)
+        if found is None or found[1] <= now:
+            self.misses += 1
+            return None
+        self.entries.move_to_end(key)
+        return found[0]
 
     def put(self, key: bytes, value: bytes, expires: int) -> bool:
-        return self.lru.put(key, value, len(value), expires)
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[0])
+        while self.bytes + len(value) > self.max_bytes and self.entries:
+            _, (gone, _) = self.entries.popitem(last=False)
+            self.bytes -= len(gone)
+            self.evictions += 1
+        self.entries[key] = (value, expires)
+        self.bytes += len(value)
+        return True
 
 
 @pytest.fixture(params=STORES)
@@ -70,7 +90,7 @@ def is_baseline(store: Any) -> bool:
 
 
 def counters(store: Any) -> Any:
-    return store.lru if isinstance(store, WorkerLRU) else store
+    return store
 
 
 @pytest.mark.benchmark(group="core-shmcache-get-hit: 1000 hits in a 10 000-entry store")

@@ -18,7 +18,6 @@ from hapax._core import flight as core_flight
 from hapax._core import gcra as core_gcra
 from hapax._core import histogram as core_histogram
 from hapax._core import json as core_json
-from hapax._core import lru as core_lru
 from hapax._core import ring as core_ring
 from hapax._core import shm as core_shm
 from hapax._core import shmcache as core_shmcache
@@ -30,7 +29,6 @@ ROOT = Path(hapax.__file__).resolve().parent.parent
 UNITS = {
     core_sse: ("sse", ["SSEDecoder", "event_data"]),
     core_json: ("json", ["find_value", "replace_string_value"]),
-    core_lru: ("lru", ["LRU"]),
     core_ring: ("ring", ["Ring", "FairQueue", "Entry"]),
     core_shm: ("shm", ["SharedCounters"]),
     core_shmcache: ("shmcache", ["SharedLRU"]),

@@ -21,7 +21,6 @@ try:
         _gcra_c,
         _histogram_c,
         _json_c,
-        _lru_c,
         _ring_c,
         _shm_c,
         _shmcache_c,

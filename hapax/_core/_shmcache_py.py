@@ -1,7 +1,7 @@
 """A response-cache store in memory shared by every worker process of a node (pure-Python
 twin of ``_shmcache_c``; this module is the readable spec of the layout).
 
-The per-worker :class:`hapax._core.lru.LRU` keeps one copy of the cache per worker, so a
+A per-worker store would keep one copy of the cache per worker, so a
 node of N workers holds N partial caches.  :class:`SharedLRU` is one byte-bounded LRU with
 per-entry expiry in an anonymous ``MAP_SHARED`` mapping, created before the workers fork
 (like :mod:`hapax._core.shm`), so a response stored by one worker is a hit in all of them.
