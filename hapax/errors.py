@@ -142,5 +142,12 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
     code = "upstream_timeout"
 
 
+class DeadlineExceeded(UpstreamTimeout):
+    """The request's deadline (the model's ``timeout`` or the ``x-hapax-timeout``
+    header) passed before an answer: never retried or failed over (504)."""
+
+    code = "deadline_exceeded"
+
+
 class PluginError(HapaxError, RuntimeError):
     """A plugin could not be loaded or is invalid (misspelled hook, bad settings)."""

@@ -42,7 +42,7 @@ class Exchange:
     client asked for), ``plan``, ``target`` (what served it), ``stream``, ``status``,
     ``usage`` (``{"prompt_tokens", "completion_tokens", "total_tokens"}`` when known),
     ``attempts``, ``response_headers`` (extra headers for the client), ``fingerprint``,
-    ``error`` (message of the error answered, if any) and the timings
+    ``error`` (message of the error answered, if any), ``deadline`` and the timings
     (``started``, ``upstream_started``, ``upstream_time``, ``finished``).
 
     ``state`` is a dict for plugins; use your plugin's name as key prefix.
@@ -52,7 +52,8 @@ class Exchange:
         "method", "path", "query", "headers", "body", "protocol", "client", "request_id",
         "started", "state", "api", "route", "principal", "alias", "plan", "target", "stream",
         "status", "usage", "attempts", "response_headers", "error", "upstream_started",
-        "upstream_time", "finished", "disconnected", "keep_alive", "fingerprint", "_json",
+        "upstream_time", "finished", "disconnected", "keep_alive", "fingerprint", "deadline",
+        "_json",
     )
 
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes = b"",
@@ -90,6 +91,9 @@ class Exchange:
         #: The request's fingerprint (16 bytes), computed once by
         #: ``Gateway.fingerprint`` when dedup or the cache first asks for it.
         self.fingerprint: bytes | None = None
+        #: When the request must be answered by (``time.perf_counter()`` clock): set by
+        #: the executor from the model's ``timeout`` and the ``x-hapax-timeout`` header.
+        self.deadline = 0.0
         self._json: Any = None
 
     @property

@@ -21,7 +21,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from hapax.errors import UpstreamError
+from hapax._schema import parse_duration
+from hapax.errors import BadRequest, DeadlineExceeded, UpstreamError
 from hapax.metrics import Counter
 from hapax.types import Response, RoutePlan, StreamResponse
 
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
     from hapax.pipeline.exchange import Exchange
     from hapax.pipeline.gateway import Gateway
 
-__all__ = ["Executor", "RetryBudget", "backoff_delay", "retry_after"]
+__all__ = ["Executor", "RetryBudget", "backoff_delay", "retry_after", "request_timeout"]
+
+#: The request header that sets a shorter deadline than the model's ``timeout``.
+TIMEOUT_HEADER = "x-hapax-timeout"
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
@@ -55,6 +59,24 @@ def retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
         except ValueError:
             continue
     return seconds
+
+
+def request_timeout(ex: Exchange, ceiling: float) -> float:
+    """The request's time allowance: the model's ``timeout`` (``ceiling``), or less when
+    the client's ``x-hapax-timeout`` header asks for less (``30``, ``30s``, ``1500ms``).
+    A header can shorten the deadline, never lengthen it past the operator's."""
+    asked = ex.headers.get(TIMEOUT_HEADER)
+    if asked is None:
+        return ceiling
+    try:
+        seconds = parse_duration(asked)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise BadRequest(f"invalid {TIMEOUT_HEADER} header {asked[:40]!r}: expected a positive "
+                         f"duration such as 30, 30s or 1500ms", param=TIMEOUT_HEADER,
+                         code="invalid_timeout")
+    return min(seconds, ceiling)
 
 
 class RetryBudget:
@@ -107,7 +129,8 @@ class Executor:
         mc = models.get(plan.alias) or models.get(ex.alias or "")
         retries = mc.retries if mc is not None else 0
         retry_on = frozenset(mc.retry_on) if mc is not None else frozenset()
-        deadline = ex.started + (mc.timeout if mc is not None else 600.0)
+        timeout = request_timeout(ex, mc.timeout if mc is not None else 600.0)
+        deadline = ex.deadline = ex.started + timeout
         self.budget.note_request()
         targets = plan.targets
         last: Response | StreamResponse | UpstreamError | None = None
@@ -116,13 +139,22 @@ class Executor:
                 self.failovers_total.inc((plan.alias,))
             tries = 0
             while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise _deadline(timeout, last)
+                scope = asyncio.timeout(remaining)
                 try:
-                    resp = await self.gateway._send(ex, plan, target, endpoint)
+                    async with scope:
+                        resp = await self.gateway._send(ex, plan, target, endpoint)
                 except UpstreamError as exc:
                     status = getattr(exc, "upstream_status", None)
                     if status is not None and status not in retry_on:
                         raise  # e.g. 501: a status not configured as retryable
                     last, reason, wait = exc, status or exc.code or "error", None
+                except TimeoutError:
+                    if scope.expired():  # ours, not a provider's UpstreamTimeout
+                        raise _deadline(timeout, last) from None
+                    raise
                 else:
                     if resp.status not in retry_on:
                         return resp
@@ -142,3 +174,11 @@ class Executor:
             raise last
         assert last is not None  # plan.targets is never empty (min_items=1)
         return last
+
+
+def _deadline(timeout: float,
+              last: Response | StreamResponse | UpstreamError | None) -> DeadlineExceeded:
+    why = f" (last failure: {last.message})" if isinstance(last, UpstreamError) else (
+        f" (last answer: status {last.status})" if last is not None else "")
+    return DeadlineExceeded(f"the request's deadline of {timeout:g}s passed before an "
+                            f"answer{why}")

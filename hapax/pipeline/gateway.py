@@ -25,6 +25,7 @@ from hapax.errors import (
     AuthenticationError,
     BadRequest,
     ConfigError,
+    DeadlineExceeded,
     MethodNotAllowed,
     NotFound,
     Overloaded,
@@ -42,7 +43,7 @@ from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
 from hapax.providers.base import Provider
 from hapax.types import Attempt, Response, RoutePlan, StreamResponse, Target
 
-__all__ = ["Gateway", "error_response"]
+__all__ = ["Gateway", "error_response", "stream_error_event"]
 
 log = logging.getLogger("hapax")
 
@@ -57,6 +58,14 @@ def error_response(exchange: Exchange, exc: RequestError) -> Response:
                                    "param": exc.param, "code": exc.code}})
     headers = [(b"content-type", _JSON), *exc.headers]
     return Response(exc.status, body, headers)
+
+
+def stream_error_event(exchange: Exchange, exc: RequestError) -> bytes:
+    """The in-band event that ends a failed stream, in the front door's stream format
+    (never followed by the success terminator)."""
+    return b"data: " + orjson.dumps({"error": {
+        "message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}) \
+        + b"\n\n"
 
 
 class Gateway:
@@ -324,7 +333,8 @@ class Gateway:
                 if resp.close is not None:
                     resp.close()
                 raise
-            return StreamResponse(resp.status, self._relay(ex, events, first, attempt),
+            return StreamResponse(resp.status, self._relay(ex, events, first, attempt,
+                                                           resp.close),
                                   resp.headers, close=resp.close)
         attempt.latency = ex.upstream_time = time.perf_counter() - t0
         if 200 <= resp.status < 300:
@@ -336,12 +346,29 @@ class Gateway:
         return resp
 
     async def _relay(self, ex: Exchange, events: AsyncIterator[list[bytes]], first: list[bytes],
-                     attempt: Attempt) -> AsyncIterator[list[bytes]]:
+                     attempt: Attempt, close: Callable[[], None] | None = None
+                     ) -> AsyncIterator[list[bytes]]:
         """Relay upstream events; note usage; run chunk transforms if any exist.
 
         A failure once the stream has started ends it with an in-band error event and
         no ``[DONE]``, so the client can never take a cut stream for a complete one.
+        The request's deadline holds for the whole stream: one timer aborts the upstream
+        (``close``) when it passes; without ``close`` it is checked between reads.
         """
+        deadline = ex.deadline
+        timer: asyncio.TimerHandle | None = None
+        expired: list[bool] = []
+        if deadline:
+            if close is not None:
+                loop = asyncio.get_running_loop()
+
+                def expire() -> None:
+                    expired.append(True)
+                    close()
+
+                timer = loop.call_at(loop.time() + (deadline - time.perf_counter()), expire)
+            else:
+                deadline = -deadline  # checked by hand below
         transform = self.hooks.transform_chunk
         batch: list[bytes] | None = first
         # A cache asked for this stream (hapax_cache_lookup set a byte budget): keep the
@@ -351,6 +378,8 @@ class Gateway:
         try:
             while True:
                 if batch is None:
+                    if deadline < 0 and time.perf_counter() > -deadline:
+                        raise UpstreamError("stream cut: deadline")  # reported as such below
                     try:
                         batch = await events.__anext__()
                     except StopAsyncIteration:
@@ -369,13 +398,15 @@ class Gateway:
                         budget, kept = None, []
                 yield batch
                 batch = None
-        except UpstreamError as exc:
+        except UpstreamError as cut:
+            exc = cut
+            if expired or (deadline < 0 and time.perf_counter() > -deadline):
+                exc = DeadlineExceeded(f"the request's deadline of "
+                                       f"{abs(deadline) - ex.started:.3g}s passed mid-stream")
             ex.error = exc.message
             attempt.error = exc.message
             self.metrics.upstream_errors.inc((attempt.target.provider, exc.code or "error"))
-            yield [b"data: " + orjson.dumps({"error": {
-                "message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
-                + b"\n\n"]
+            yield [stream_error_event(ex, exc)]
         except (PluginError, RequestError) as exc:
             # A hapax_transform_chunk implementation failed: same in-band ending.
             if isinstance(exc, PluginError):
@@ -384,10 +415,10 @@ class Gateway:
                 exc = RequestError("internal error in a gateway plugin", code="plugin_error")
             else:
                 ex.error = exc.message
-            yield [b"data: " + orjson.dumps({"error": {
-                "message": exc.message, "type": exc.type, "param": exc.param,
-                "code": exc.code}}) + b"\n\n"]
+            yield [stream_error_event(ex, exc)]
         finally:
+            if timer is not None:
+                timer.cancel()
             attempt.latency = ex.upstream_time = time.perf_counter() - attempt.started
 
     async def _offer_stream(self, ex: Exchange, events: list[bytes], attempt: Attempt) -> None:

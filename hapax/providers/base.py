@@ -23,6 +23,10 @@ class Provider:
     """
 
     kind = "?"
+    #: The wire format the provider speaks (``openai`` or ``anthropic``): when it is not
+    #: the front door's (``exchange.api``), the gateway translates the request and the
+    #: response (hapax.translate).
+    api = "openai"
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
