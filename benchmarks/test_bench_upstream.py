@@ -14,6 +14,11 @@ body:
 
 Sequentially and with 16 requests in flight.  Baseline of each group: Hapax's client, so
 the ratio reads "aiohttp costs N times as much".
+
+``test_stream_checks`` prices the OpenAI adapter's stream checks (malformed events, error
+events, a missing ``[DONE]``: hapax.providers.openai) per relayed event: the checked relay
+against bare SSE framing (the baseline), and against parsing every event as JSON (the
+design it replaced).
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
+from hapax._core.sse import SSEDecoder, event_data
+from hapax.providers import openai as openai_adapter
 from hapax.providers.upstream import UpstreamPool
 
 BATCH = 800
@@ -73,8 +81,9 @@ def raw_request(port: int) -> bytes:
 class HapaxClient:
     def __init__(self, port: int, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = UpstreamPool("stub", "127.0.0.1", port, ssl_context=None,
-                                 max_connections=64, connect_timeout=5, read_timeout=30,
-                                 idle_timeout=60, loop=loop)
+                                 max_connections=64, connect_timeout=5,
+                                 first_byte_timeout=30, idle_timeout=30,
+                                 keepalive_timeout=60, loop=loop)
         self.data = raw_request(port)
 
     async def one(self) -> bytes:
@@ -136,3 +145,90 @@ def test_upstream_client(loop: asyncio.AbstractEventLoop, measure: Any, benchmar
     measure(lambda: loop.run_until_complete(batch()), ops=per_worker * concurrency,
             baseline=client == "hapax")
     loop.run_until_complete(c.close())
+
+
+# -- stream checks --------------------------------------------------------------------------
+
+STREAM_EVENTS = 400
+
+
+def stream_pieces() -> list[bytes]:
+    """A realistic chat stream as it arrives: one event per read, a word of content each."""
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({
+            "id": "chatcmpl-AbCdEf0123456789", "object": "chat.completion.chunk",
+            "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
+            "system_fingerprint": "fp_0123456789",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}]}) + b"\n\n"
+    pieces = [event({"role": "assistant", "content": ""})]
+    pieces += [event({"content": " word"}) for _ in range(STREAM_EVENTS - 3)]
+    pieces += [event({}, "stop"), b"data: [DONE]\n\n"]
+    return pieces
+
+
+class Pieces:
+    """Stands in for an UpstreamResponse: yields prepared reads, no socket."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self._it = iter(pieces)
+
+    def __aiter__(self) -> Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        for piece in self._it:
+            return piece
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        pass
+
+
+async def bare_relay(resp: Pieces) -> Any:
+    """SSE framing only: the relay before the checks."""
+    decoder = SSEDecoder()
+    async for piece in resp:
+        events = decoder.feed(piece)
+        if events:
+            yield events
+
+
+async def parsing_relay(resp: Pieces) -> Any:
+    """The rejected design: parse every event's data as JSON."""
+    decoder = SSEDecoder()
+    async for piece in resp:
+        events = decoder.feed(piece)
+        for ev in events:
+            data = event_data(ev)
+            if data is not None and data != b"[DONE]":
+                obj = orjson.loads(data)
+                if not isinstance(obj, dict) or "error" in obj:
+                    raise ValueError(data[:80])
+        if events:
+            yield events
+
+
+RELAYS: dict[str, Callable[[Any], Any]] = {
+    "bare": bare_relay,
+    "checked": lambda resp: openai_adapter._relay(resp, "bench"),
+    "parse-every-event": parsing_relay,
+}
+
+
+@pytest.mark.parametrize("relay", list(RELAYS))
+def test_stream_checks(loop: asyncio.AbstractEventLoop, measure: Any, benchmark: Any,
+                       relay: str) -> None:
+    benchmark.group = "stream relay, per event"
+    pieces = stream_pieces()
+    make = RELAYS[relay]
+
+    async def one_stream() -> int:
+        n = 0
+        async for events in make(Pieces(pieces)):
+            n += len(events)
+        return n
+
+    assert loop.run_until_complete(one_stream()) == STREAM_EVENTS
+    measure(lambda: loop.run_until_complete(one_stream()), ops=STREAM_EVENTS,
+            baseline=relay == "bare")

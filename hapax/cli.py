@@ -1,10 +1,13 @@
-"""The `hapax` command: serve, check, plugins, config-reference."""
+"""The `hapax` command: serve, reload, check, plugins, config-reference."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+from pathlib import Path
 
 from hapax import __version__
 from hapax.config import Config, default_config, load
@@ -30,17 +33,79 @@ def _validate(config: Config) -> object:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the server's SIGHUP handler is in place, a reload request waits (blocked)
+    # instead of killing the process with SIGHUP's default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     _setup_logging(args.log_level)
     config = _load(args.config)
     _validate(config)
     workers = args.workers or config.server.workers
-    if workers > 1:
-        from hapax.server.supervisor import run_supervisor
+    pid_file = Path(args.pid_file) if args.pid_file else None
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n", encoding="ascii")
+    try:
+        if workers > 1:
+            from hapax.server.supervisor import run_supervisor
 
-        return run_supervisor(config, workers=workers, host=args.host, port=args.port)
-    from hapax.server.worker import run_worker
+            return run_supervisor(config, workers=workers, host=args.host, port=args.port,
+                                  path=args.config)
+        from hapax.server.worker import run_worker
 
-    return run_worker(config, host=args.host, port=args.port)
+        return run_worker(config, host=args.host, port=args.port, path=args.config)
+    finally:
+        if pid_file is not None and _read_pid(pid_file) == os.getpid():
+            pid_file.unlink(missing_ok=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _is_hapax(pid: int) -> bool:
+    """False only if /proc shows ``pid`` running something else."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"hapax" in f.read()
+    except OSError:  # no such process (os.kill reports it), or no /proc: cannot tell
+        return True
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        from hapax.server.worker import check_config, describe_problem
+
+        try:
+            check_config(args.config)
+        except (ConfigError, PluginError) as exc:
+            print(describe_problem(exc), file=sys.stderr)
+            print(f"{args.config}: not reloading (no signal sent)", file=sys.stderr)
+            return 2
+    pid = args.pid
+    if pid is None:
+        pid = _read_pid(Path(args.pid_file))
+        if pid is None:
+            print(f"{args.pid_file}: no process id in it (is hapax serve --pid-file "
+                  f"running?)", file=sys.stderr)
+            return 1
+    if not _is_hapax(pid):
+        print(f"process {pid} is not hapax (a stale pid file?): not signalling it",
+              file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"no process {pid}: is the server running?", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"not allowed to signal process {pid}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to pid {pid}: the outcome is in the server's log and in "
+          f"hapax_config_generation")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -82,7 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="override server.workers")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--pid-file", help="write the server's process id to this file "
+                   "(removed on exit), for hapax reload")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("reload", help="make a running server re-read its pipeline.yaml "
+                       "(SIGHUP)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pid", type=int, help="the server's process id")
+    target.add_argument("--pid-file", help="the file hapax serve --pid-file wrote")
+    p.add_argument("--config", help="check this file first (as hapax check does) and send "
+                   "nothing if it is invalid (exit 2)")
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("check", help="validate a pipeline.yaml (exit 1 on problems)")
     p.add_argument("config")

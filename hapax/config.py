@@ -47,6 +47,9 @@ __all__ = [
     "PoolConfig",
     "ModelConfig",
     "TargetConfig",
+    "BreakerConfig",
+    "HealthCheckConfig",
+    "BALANCE_STRATEGIES",
     "KeyConfig",
     "Secret",
     "load",
@@ -57,7 +60,7 @@ __all__ = [
 ]
 
 #: Provider kinds known to the built-in adapters.  Plugins may register more.
-PROVIDER_KINDS = ("openai", "mock")
+PROVIDER_KINDS = ("openai", "anthropic", "mock")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,13 +124,33 @@ class ServerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ProviderTimeouts:
-    """Upstream timeouts."""
+    """Upstream timeouts; a request's own deadline is its model's `timeout`."""
 
     connect: float = setting("Time to open a connection (TCP and TLS) to the provider.",
                              conv_duration, 10.0, shown_default="10s")
-    read: float = setting("Longest wait for the next byte from the provider, the first byte "
-                          "included (504 if nothing was sent to the client yet).",
-                          conv_duration, 600.0, shown_default="600s")
+    # first_byte and idle are floats once built: __post_init__ fills them (from `read`).
+    first_byte: float = setting(
+        "Longest wait from sending the request to the response head.  OpenAI, vLLM and "
+        "Ollama send the head of a non-streamed answer only once it is fully generated, so "
+        "this bounds the whole generation there; for a stream it bounds the queueing and "
+        "prompt processing before the stream starts (504 `upstream_timeout`, or failover).",
+        conv_duration, None, shown_default="600s")
+    idle: float = setting(
+        "Longest silence once the response head has arrived: a stalled stream (in-band "
+        "error event, or failover before the first event), or a stalled body.  Generous "
+        "by default because reasoning models and servers still loading a model may stay "
+        "silent for minutes between the head and the first token.",
+        conv_duration, None, shown_default="300s")
+    read: float | None = setting(
+        "Deprecated: sets `first_byte` and `idle` where they are not given (their defaults "
+        "apply otherwise).", conv_duration, None)
+
+    def __post_init__(self) -> None:
+        # `read` (one timeout for every silence) predates first_byte/idle: keep it working.
+        if self.first_byte is None:
+            object.__setattr__(self, "first_byte", self.read if self.read is not None else 600.0)
+        if self.idle is None:
+            object.__setattr__(self, "idle", self.read if self.read is not None else 300.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +162,74 @@ class PoolConfig:
     idle_timeout: float = setting("Idle pooled connections are closed after this; keep it below "
                                   "the provider's own keep-alive timeout.",
                                   conv_duration, 4.0, shown_default="4s")
+
+
+def _conv_ratio(value: Any, path: str, ctx: Ctx) -> Any:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return ctx.error(path, f"expected a number above 0 and at most 1 (0.5 = 50%), "
+                               f"got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerConfig:
+    """The circuit breaker of each of the provider's targets (docs/reliability.md): it
+    opens after `failures` consecutive failures, or when at least `min_requests` attempts
+    in the last `window` failed at `error_rate` or more.  An open target is skipped; after
+    `cooldown` it is half-open and lets `half_open_requests` attempts through: a success
+    closes it, a failure opens it again.  Per worker."""
+
+    failures: int = setting("Consecutive failed attempts that open the breaker.",
+                            conv_int(1, 100000), 5)
+    error_rate: float = setting("Share of failed attempts over `window` that opens the breaker "
+                                "(0.5 = half of them).", _conv_ratio, 0.5)
+    window: float = setting("The sliding window of the error rate.", conv_duration, 30.0,
+                            shown_default="30s")
+    min_requests: int = setting("Attempts needed in the window before `error_rate` applies.",
+                                conv_int(1), 20)
+    cooldown: float = setting("How long an open breaker skips the target before it lets "
+                              "probe requests through (half-open).", conv_duration, 30.0,
+                              shown_default="30s")
+    half_open_requests: int = setting("Attempts let through at once while half-open; their "
+                                      "outcome closes or re-opens the breaker.",
+                                      conv_int(1, 1000), 1)
+
+
+def _conv_breaker(value: Any, path: str, ctx: Ctx) -> Any:
+    if value is False or value == "off":
+        return None  # YAML 1.1 reads a bare `off` as false
+    return conv_section(BreakerConfig)(value, path, ctx)
+
+
+_conv_breaker.section = BreakerConfig  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthCheckConfig:
+    """Active health probes: every `interval`, each worker sends `GET {base_url}{path}` to
+    the provider (with its API key and headers); a 2xx answer is healthy.  A healthy probe
+    half-opens an open breaker; a failed one counts as a failed attempt."""
+
+    interval: float = setting("Time between two probes.", conv_duration, 10.0,
+                              shown_default="10s")
+    timeout: float = setting("Longest a probe may take (connecting included).", conv_duration,
+                             5.0, shown_default="5s")
+    path: str = setting("Path probed, after the provider's `base_url`.",
+                        conv_str(r"/\S*", "a path starting with /"), "/models")
+
+
+def _conv_health_check(value: Any, path: str, ctx: Ctx) -> Any:
+    if value is None or value is False or value == "off":
+        return None
+    return conv_section(HealthCheckConfig)(value, path, ctx)
+
+
+_conv_health_check.section = HealthCheckConfig  # type: ignore[attr-defined]
 
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
@@ -200,15 +291,21 @@ def _conv_headers(value: Any, path: str, ctx: Ctx) -> Any:
 class ProviderConfig:
     """One upstream provider."""
 
-    kind: str = setting("Adapter: `openai` (any OpenAI-compatible server) or `mock` "
-                        "(built-in, answers locally).", conv_str())
+    kind: str = setting("Adapter: `openai` (any OpenAI-compatible server), `anthropic` "
+                        "(Anthropic's Messages API) or `mock` (built-in, answers locally).",
+                        conv_str())
     base_url: str | None = setting("Base URL up to and including the API version, e.g. "
-                                   "https://api.openai.com/v1 (not used by `mock`).",
+                                   "https://api.openai.com/v1 (not used by `mock`); for "
+                                   "`anthropic`, the server's root, by default "
+                                   "https://api.anthropic.com.",
                                    conv_str(r"https?://[^\s/]+(/\S*)?",
                                             "an http:// or https:// URL"),
                                    None)
     api_key: Secret | None = setting("The provider's API key, normally \"${ENV_VAR}\"; sent as "
-                                     "`Authorization: Bearer`.", conv_secret, None)
+                                     "`Authorization: Bearer` (`x-api-key` for `anthropic`).",
+                                     conv_secret, None)
+    anthropic_version: str = setting("`anthropic` only: the `anthropic-version` header sent "
+                                     "with every request.", conv_str(), "2023-06-01")
     headers: dict[str, str] = setting("Extra headers sent with every upstream request (values "
                                       "may be secrets: they are never shown).",
                                       lambda v, p, c: _conv_headers(v, p, c),
@@ -235,15 +332,84 @@ class ProviderConfig:
         "in the provider's queue.  Unset: no limit.", conv_int(1), None)
     queue: QueueConfig = setting("The provider's request queue (used with `max_concurrent`).",
                                  conv_section(QueueConfig), default_factory=QueueConfig)
+    breaker: BreakerConfig | None = setting(
+        "Circuit breaker of each target of this provider; `off` disables it.",
+        _conv_breaker, default_factory=BreakerConfig)
+    health_check: HealthCheckConfig | None = setting(
+        "Active health probes; unset: health is judged from live traffic only.",
+        _conv_health_check, None)
+
+
+#: How a group picks among its members (docs/reliability.md#load-balanced-groups).
+BALANCE_STRATEGIES = ("weighted", "least_outstanding", "p2c")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TargetConfig:
-    """One place a model alias can be served from."""
+    """One place a model alias can be served from: a target (`provider`, `model`), or a
+    group of targets of equal priority (`group`, `balance`) that share the load."""
 
-    provider: str = setting("Name of a provider in `providers`.", conv_str())
+    provider: str | None = setting("Name of a provider in `providers` (required unless "
+                                   "`group` is given).", conv_str(), None)
     model: str | None = setting("Model name sent to the provider (default: the alias itself).",
                                 conv_str(), None)
+    weight: int = setting("In a group: the member's share of the traffic, relative to the "
+                          "others'.", conv_int(1, 1_000_000), 1)
+    group: tuple[TargetConfig, ...] | None = setting(
+        "Instead of `provider`: targets of equal priority that share the traffic, each a "
+        "`{provider, model, weight}` mapping.", lambda v, p, c: _conv_group(v, p, c), None)
+    balance: str = setting("With `group`: `weighted` (smooth weighted round-robin), "
+                           "`least_outstanding` (fewest requests in flight) or `p2c` (the "
+                           "better of two random members by latency and load).",
+                           conv_enum(*BALANCE_STRATEGIES), "weighted")
+
+    @property
+    def members(self) -> tuple[TargetConfig, ...]:
+        """The targets of this entry: the group's members, or the target itself."""
+        return self.group if self.group is not None else (self,)
+
+
+def _conv_target(value: Any, path: str, ctx: Ctx) -> Any:
+    """A `targets` entry: a target, or a group (exactly one of `provider`/`group`)."""
+    target = conv_section(TargetConfig)(value, path, ctx)
+    if target is INVALID:
+        return INVALID
+    given = value if isinstance(value, dict) else {}
+    if target.group is not None:
+        extra = [k for k in ("provider", "model", "weight") if k in given]
+        if extra:
+            return ctx.error(f"{path}.{extra[0]}", "a group entry takes only `group` and "
+                             "`balance`: put providers, models and weights on its members")
+    elif target.provider is None:
+        return ctx.error(f"{path}.provider", "is required: name a provider of `providers` "
+                         "(or give `group`, a list of targets)")
+    else:
+        extra = [k for k in ("weight", "balance") if k in given]
+        if extra:
+            return ctx.error(f"{path}.{extra[0]}", "only meaningful in a group: write "
+                             "`{group: [{provider: a, weight: 3}, ...], balance: ...}`")
+    return target
+
+
+_conv_target.section = TargetConfig  # type: ignore[attr-defined]
+
+
+def _conv_member(value: Any, path: str, ctx: Ctx) -> Any:
+    member = conv_section(TargetConfig)(value, path, ctx)
+    if member is INVALID:
+        return INVALID
+    given = value if isinstance(value, dict) else {}
+    for key in ("group", "balance"):
+        if key in given:
+            return ctx.error(f"{path}.{key}", "groups do not nest: a member is "
+                             "`{provider, model, weight}`")
+    if member.provider is None:
+        return ctx.error(f"{path}.provider", "is required: name a provider of `providers`")
+    return member
+
+
+def _conv_group(value: Any, path: str, ctx: Ctx) -> Any:
+    return conv_list(_conv_member, min_items=1)(value, path, ctx)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,8 +417,9 @@ class ModelConfig:
     """A model alias that clients put in the `model` field."""
 
     targets: tuple[TargetConfig, ...] = setting(
-        "Ordered targets; the first healthy one serves the request.",
-        conv_list(conv_section(TargetConfig), min_items=1))
+        "Ordered targets, each a target or a load-balanced `group`; the first available one "
+        "serves the request, the next ones are its failover (docs/reliability.md).",
+        conv_list(_conv_target, min_items=1))
     dedup: str = setting("Coalesce identical requests in flight into one upstream call: "
                          "`always`, `deterministic` (only when temperature is 0 or a seed is "
                          "set) or `off`.", conv_enum("always", "deterministic", "off"),
@@ -271,7 +438,7 @@ class ModelConfig:
     retry_on: tuple[int, ...] = setting("Upstream statuses that are retried (then failed over); "
                                         "connection errors and timeouts always are.",
                                         conv_list(conv_int(400, 599)),
-                                        (429, 500, 502, 503, 504))
+                                        (429, 500, 502, 503, 504, 529))
 
 
 def _conv_cache(value: Any, path: str, ctx: Ctx) -> Any:
@@ -379,14 +546,21 @@ def _check(cfg: Config, ctx: Ctx) -> None:
         if prov.kind == "openai" and not prov.base_url:
             ctx.error(f"{path}.base_url", "is required for kind openai "
                                           "(e.g. https://api.openai.com/v1)")
+        if prov.kind == "anthropic" and not prov.base_url and prov.api_key is None:
+            ctx.error(f"{path}.api_key", "is required for kind anthropic with the default "
+                                         "base_url (https://api.anthropic.com): e.g. "
+                                         "api_key: \"${ANTHROPIC_API_KEY}\"")
         if prov.base_url and urlsplit(prov.base_url).query:
             ctx.error(f"{path}.base_url", "must not contain a query string")
     for alias, model in cfg.models.items():
-        for i, target in enumerate(model.targets):
-            if target.provider not in cfg.providers:
-                known = ", ".join(cfg.providers) or "none defined"
-                ctx.error(f"models.{alias}.targets[{i}].provider",
-                          f"unknown provider {target.provider!r} (providers: {known})")
+        for i, entry in enumerate(model.targets):
+            for j, target in enumerate(entry.members):
+                if target.provider not in cfg.providers:
+                    known = ", ".join(cfg.providers) or "none defined"
+                    where = f"models.{alias}.targets[{i}]" + (
+                        f".group[{j}]" if entry.group is not None else "")
+                    ctx.error(f"{where}.provider",
+                              f"unknown provider {target.provider!r} (providers: {known})")
     if cfg.keys is not None:
         names: set[str] = set()
         digests: dict[bytes, str] = {}

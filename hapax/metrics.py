@@ -227,6 +227,31 @@ class Metrics:
             ("provider", "kind")))
 
     def add(self, family: Any) -> Any:
+        """Register ``family``; return the family to record into.
+
+        Get-or-create by name: when a family of the same name, kind and labels is
+        already registered (a gateway rebuilt by a configuration reload re-adds its
+        families to the metrics it carries over), counters and histograms keep the one
+        they have, so their totals never go back; a gauge keeps its place but takes the
+        new family's reading, which reads the new gateway's state.  Any other family of
+        the same name is replaced by the new one.
+        """
+        for i, known in enumerate(self.families):
+            if known.name != family.name:
+                continue
+            same = (type(known) is type(family) and getattr(known, "kind", None) ==
+                    getattr(family, "kind", None) and getattr(known, "labels", None) ==
+                    getattr(family, "labels", None))
+            if same and isinstance(known, Counter):
+                return known
+            if same and isinstance(known, Histogram):
+                known.bounds = family.bounds  # exported bounds only: the counts are exact
+                return known
+            if same and isinstance(known, Gauge):
+                known.doc, known.read, known.merge = family.doc, family.read, family.merge
+                return known
+            self.families[i] = family
+            return family
         self.families.append(family)
         return family
 

@@ -7,7 +7,10 @@ otherwise silently become N times looser.
 
 Slots are handed out by :meth:`NodeState.allocate` in a deterministic order: every
 worker builds its gateway from the same config, in the same order, so the same name
-gets the same slots in every process without any coordination at run time.
+gets the same slots in every process without any coordination at run time.  A
+configuration reload allocates the names it adds after those already known, in every
+worker alike; the supervisor replays each configuration's allocations on a
+:meth:`NodeState.planner`, so that a worker it forks later inherits the same table.
 A cluster (several nodes) will keep this state in Redis behind the same interface.
 """
 
@@ -37,25 +40,45 @@ class NodeState:
         #: This process's worker index (0..workers-1), set in the worker after the fork;
         #: a restarted worker gets the index of the one it replaces.
         self.worker = 0
-        self._next = 0
-        self._names: dict[str, tuple[int, int]] = {}
+        self._table = _Table()
 
     def allocate(self, name: str, count: int = 1) -> int:
         """The first of ``count`` slots reserved for ``name`` (the same slots again if
         ``name`` was allocated before with the same count, e.g. on reload)."""
-        known = self._names.get(name)
+        table = self._table
+        known = table.names.get(name)
         if known is not None:
             if known[1] != count:
                 raise ValueError(f"{name!r} was allocated {known[1]} slots, not {count}")
             return known[0]
-        base = self._next
+        base = table.next
         if base + count > self.counters.size:
             raise MemoryError(f"node state is full ({self.counters.size} slots): cannot "
                               f"allocate {count} for {name!r}")
-        self._next = base + count
-        self._names[name] = (base, count)
+        table.next = base + count
+        table.names[name] = (base, count)
         return base
 
     @property
     def allocated(self) -> int:
-        return self._next
+        return self._table.next
+
+    def planner(self) -> NodeState:
+        """A node state that allocates in this one's table but writes to counters of its
+        own: building a gateway on it records a configuration's allocations (the
+        supervisor does, for the workers it forks later) without touching the live
+        slots — a provider queue, for one, claims a row of them for its process."""
+        twin = NodeState(self.counters.size, workers=self.workers)
+        twin._table = self._table
+        twin.cache_store = self.cache_store  # read by the cache plugin, never written
+        return twin
+
+
+class _Table:
+    """Which slots each name holds, and the first free one."""
+
+    __slots__ = ("names", "next")
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[int, int]] = {}
+        self.next = 0

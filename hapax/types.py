@@ -77,7 +77,18 @@ class RoutePlan:
 
 @dataclass(slots=True)
 class Attempt:
-    """One try at one target (recorded on ``exchange.attempts``)."""
+    """One try at one target (recorded on ``exchange.attempts``).
+
+    ``target``: where it went; ``number`` counts the exchange's attempts from 1;
+    ``headers``: extra upstream request headers (``hapax_before_attempt`` adds them);
+    ``status``: the provider's status (or the error's, when it failed without one);
+    ``error``: what went wrong, without secrets (None when it answered);
+    ``started``: ``time.perf_counter()`` when it was sent; ``latency``: seconds until its
+    answer (a stream: until it ended); ``reason``: why the request did not keep this
+    attempt's answer and retried, failed over or gave up — the status (``"429"``,
+    ``"503"``) or the error code (``"upstream_unreachable"``, ``"deadline_exceeded"``…);
+    None when the attempt's answer was the answer.
+    """
 
     target: Target
     number: int
@@ -86,6 +97,7 @@ class Attempt:
     error: str | None = None
     started: float = 0.0
     latency: float | None = None
+    reason: str | None = None
 
 
 class Response:

@@ -102,7 +102,8 @@ def test_check_unknown_provider_kind(tmp_path: Path, capsys: pytest.CaptureFixtu
     path.write_text("providers: {x: {kind: bedrock}}\n")
     assert main(["check", str(path)]) == 1
     assert capsys.readouterr().err == (
-        f"{path}: providers.x.kind: unknown provider kind 'bedrock' (known: mock, openai)\n")
+        f"{path}: providers.x.kind: unknown provider kind 'bedrock' "
+        f"(known: anthropic, mock, openai)\n")
 
 
 def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -409,7 +409,8 @@ def test_unknown_provider_kind_is_found_when_the_gateway_is_built() -> None:
     with pytest.raises(ConfigError) as info:
         Gateway(cfg)
     assert info.value.problems == [
-        ("providers.x.kind", "unknown provider kind 'bedrock' (known: mock, openai)")]
+        ("providers.x.kind", "unknown provider kind 'bedrock' (known: anthropic, mock, "
+                             "openai)")]
     assert str(info.value).startswith("pipeline.yaml: providers.x.kind: ")
 
 

@@ -309,7 +309,7 @@ def test_connection_refused_is_502(hapax_gateway: GatewayFactory) -> None:
 def test_hanging_provider_is_504(fake_provider: FakeProvider, hapax_gateway: GatewayFactory,
                                  stream: bool) -> None:
     fake_provider.queue(Reply(hang=True))
-    gw = hapax_gateway(with_provider(fake_provider.base_url, timeouts={"read": "300ms"}))
+    gw = hapax_gateway(with_provider(fake_provider.base_url, timeouts={"first_byte": "300ms"}))
     with client(gw) as c, pytest.raises(openai.InternalServerError) as info:
         c.chat.completions.create(model="m", messages=HELLO, stream=stream)
     assert info.value.status_code == 504
@@ -332,7 +332,7 @@ def test_hanging_provider_is_504(fake_provider: FakeProvider, hapax_gateway: Gat
 def test_stream_cut_midway_ends_with_error_not_done(
         fake_provider: FakeProvider, hapax_gateway: GatewayFactory, reply: Reply) -> None:
     fake_provider.queue(reply, reply)
-    gw = hapax_gateway(with_provider(fake_provider.base_url, timeouts={"read": "300ms"}))
+    gw = hapax_gateway(with_provider(fake_provider.base_url, timeouts={"idle": "300ms"}))
     code = "upstream_timeout" if reply.stall_after_events else "bad_gateway"
 
     got: list[Any] = []

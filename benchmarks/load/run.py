@@ -248,7 +248,7 @@ providers:
     kind: openai
     base_url: http://{host}:{stub_port}/v1
     api_key: sk-upstream-load-key
-    timeouts: {{connect: 5s, read: 30s}}
+    timeouts: {{connect: 5s, first_byte: 30s, idle: 30s}}
     pool: {{max_connections: 256, idle_timeout: 30s}}
 models:
   {alias}:

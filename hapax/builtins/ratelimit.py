@@ -41,7 +41,9 @@ def estimate_tokens(body: dict[str, Any], chars_per_token: int, completion_defau
     chars = 0
     messages = body.get("messages")
     if type(messages) is list:
-        for m in messages:
+        # Anthropic's Messages API keeps the system prompt out of `messages`.
+        system = body.get("system")
+        for m in (messages if system is None else [{"content": system}, *messages]):
             content = m.get("content") if type(m) is dict else None
             if type(content) is str:
                 chars += len(content)

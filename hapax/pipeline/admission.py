@@ -264,6 +264,16 @@ class ProviderQueue:
         # share a row; only the give-back after a death becomes approximate.
         return base
 
+    def carry_over(self, old: ProviderQueue) -> None:
+        """Keep counting in ``old``'s row: the same provider's queue in the same process,
+        replaced by a configuration reload.  The row just claimed (still empty) goes
+        back, so that reloads do not use up the rows."""
+        if old._row == self._row:
+            return
+        if self.counters.load(self._row) == os.getpid():
+            self.counters.store(self._row, 0)
+        self._row = old._row
+
     # -- release and wake-up ----------------------------------------------------------------
 
     def _release(self, held: float, *, measured: bool = True) -> None:

@@ -32,6 +32,7 @@ from hapax._core.fingerprint import fingerprint
 from hapax._core.flight import ReplayLog
 from hapax.config import Config, ModelConfig
 from hapax.metrics import Counter, Gauge
+from hapax.translate.anthropic import anthropic_error_body
 from hapax.types import Response, StreamResponse, Target
 
 if TYPE_CHECKING:
@@ -50,10 +51,16 @@ MAX_STREAM_BYTES = 4 * 1024 * 1024
 _CHAT = "chat/completions"
 _LEADER = (b"x-hapax-dedup", b"leader")
 _FOLLOWER = (b"x-hapax-dedup", b"follower")
-_TOO_SLOW = b"data: " + orjson.dumps({"error": {
-    "message": "this client read the shared stream too slowly and was detached from it; "
-               "retry the request", "type": "server_error", "param": None,
-    "code": "stream_reader_too_slow"}}) + b"\n\n"
+_TOO_SLOW_MESSAGE = ("this client read the shared stream too slowly and was detached from it; "
+                     "retry the request")
+#: The event that ends a detached reader's stream, in its front door's format.
+_TOO_SLOW = {
+    "openai": b"data: " + orjson.dumps({"error": {
+        "message": _TOO_SLOW_MESSAGE, "type": "server_error", "param": None,
+        "code": "stream_reader_too_slow"}}) + b"\n\n",
+    "anthropic": b"event: error\ndata: " + anthropic_error_body(500, _TOO_SLOW_MESSAGE)
+    + b"\n\n",
+}
 
 
 class ModelPolicy(NamedTuple):
@@ -262,7 +269,8 @@ class Dedup:
         resp = flight.result
         assert resp is not None
         if isinstance(resp, StreamResponse):
-            return StreamResponse(resp.status, self._read(flight, sid), list(resp.headers),
+            return StreamResponse(resp.status, self._read(flight, sid, ex.api),
+                                  list(resp.headers),
                                   close=_Leave(self, flight, sid))
         self._leave(flight, sid)
         if target is None:
@@ -270,12 +278,12 @@ class Dedup:
         assert isinstance(resp, Response)
         return Response(resp.status, resp.body, list(resp.headers))
 
-    async def _read(self, flight: Flight, sid: int) -> AsyncIterator[list[bytes]]:
-        """One waiter's view of the shared stream."""
+    async def _read(self, flight: Flight, sid: int, api: str) -> AsyncIterator[list[bytes]]:
+        """One waiter's view of the shared stream (``api``: its front door's format)."""
         replay, changed = flight.log, flight.changed
         while True:
             if not replay.attached(sid):
-                yield [_TOO_SLOW]
+                yield [_TOO_SLOW.get(api) or _TOO_SLOW["openai"]]
                 return
             batch = replay.read(sid)
             if batch:

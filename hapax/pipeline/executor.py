@@ -11,6 +11,14 @@ honour ``retry-after``/``retry-after-ms``, and never sleep past the request's
 deadline.  A :class:`RetryBudget` keeps retries to a fraction of traffic, so an
 outage cannot turn into a retry storm: with the budget spent, a failing target is
 failed over at once, and the last failure is what the client gets.
+
+Before each attempt the target's circuit breaker is asked (:meth:`Health.allow`): an
+open breaker skips the target (no attempt; the target is added to the list in
+``exchange.state["skipped"]``), a half-open one lets a limited number of probe attempts
+through.  When every target was skipped, the client gets 503 ``no_healthy_target`` with
+``Retry-After``: the time until the first breaker lets requests through again.  Each
+failed attempt gets its ``reason`` (the status, or the error code) on
+``exchange.attempts``.
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Iterable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from hapax._schema import parse_duration
-from hapax.errors import BadRequest, DeadlineExceeded, UpstreamError
+from hapax.errors import BadRequest, DeadlineExceeded, RequestError, UpstreamError
 from hapax.metrics import Counter
-from hapax.types import Response, RoutePlan, StreamResponse
+from hapax.pipeline.health import DENIED, seconds_header
+from hapax.types import Attempt, Response, RoutePlan, StreamResponse
 
 if TYPE_CHECKING:
     from hapax.pipeline.exchange import Exchange
@@ -45,9 +57,11 @@ def backoff_delay(retry: int, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(0.0, ceiling)
 
 
-def retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+def retry_after(headers: Iterable[tuple[bytes, bytes]], now: float | None = None
+                ) -> float | None:
     """Seconds the provider asked us to wait (``retry-after-ms`` wins), else None.
-    Only the delta-seconds form of ``retry-after`` is understood (not HTTP dates)."""
+    ``retry-after`` is delta-seconds or an HTTP date (RFC 9110), counted from ``now``
+    (a Unix time; default the current time); a date in the past means 0."""
     seconds = None
     for name, value in headers:
         name = name.lower()
@@ -57,8 +71,20 @@ def retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
             if name == b"retry-after":
                 seconds = max(0.0, float(value))
         except ValueError:
-            continue
+            if name == b"retry-after":
+                seconds = _http_date_delay(value, now)
     return seconds
+
+
+def _http_date_delay(value: bytes, now: float | None) -> float | None:
+    """Seconds from ``now`` until the HTTP date ``value`` (>= 0), None if it is no date."""
+    try:
+        when = parsedate_to_datetime(value.decode("latin-1"))
+    except (ValueError, TypeError):
+        return None
+    if when.tzinfo is None:  # "-0000": the RFC says UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def request_timeout(ex: Exchange, ceiling: float) -> float:
@@ -69,8 +95,13 @@ def request_timeout(ex: Exchange, ceiling: float) -> float:
     if asked is None:
         return ceiling
     try:
-        seconds = parse_duration(asked)
+        seconds = float(asked)  # a bare number is seconds
     except ValueError:
+        try:
+            seconds = parse_duration(asked)
+        except ValueError:
+            seconds = 0.0
+    if seconds != seconds or seconds == float("inf"):  # nan, inf
         seconds = 0.0
     if seconds <= 0:
         raise BadRequest(f"invalid {TIMEOUT_HEADER} header {asked[:40]!r}: expected a positive "
@@ -132,35 +163,51 @@ class Executor:
         timeout = request_timeout(ex, mc.timeout if mc is not None else 600.0)
         deadline = ex.deadline = ex.started + timeout
         self.budget.note_request()
+        health = self.gateway.health
+        attempts = ex.attempts
         targets = plan.targets
         last: Response | StreamResponse | UpstreamError | None = None
-        for index, target in enumerate(targets):
-            if index:
+        for target in targets:
+            if last is not None:
                 self.failovers_total.inc((plan.alias,))
             tries = 0
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     raise _deadline(timeout, last)
+                ticket = health.allow(target)
+                if ticket == DENIED:  # open breaker: skip the target (or stop retrying it)
+                    ex.state.setdefault("skipped", []).append(target)
+                    break
                 scope = asyncio.timeout(remaining)
+                made = len(attempts)
+                reason: int | str
                 try:
                     async with scope:
                         resp = await self.gateway._send(ex, plan, target, endpoint)
                 except UpstreamError as exc:
                     status = getattr(exc, "upstream_status", None)
+                    reason = status or exc.code or "error"
+                    _note_reason(attempts, made, reason)
                     if status is not None and status not in retry_on:
                         raise  # e.g. 501: a status not configured as retryable
-                    last, reason, wait = exc, status or exc.code or "error", None
+                    last = exc
+                    wait = retry_after(getattr(exc, "retry_headers", ()))
                 except TimeoutError:
                     if scope.expired():  # ours, not a provider's UpstreamTimeout
+                        _note_reason(attempts, made, DeadlineExceeded.code)
                         raise _deadline(timeout, last) from None
                     raise
                 else:
                     if resp.status not in retry_on:
                         return resp
+                    _note_reason(attempts, made, resp.status)
                     last, reason, wait = resp, resp.status, retry_after(resp.headers)
                     if isinstance(resp, StreamResponse) and resp.close is not None:
                         resp.close()
+                finally:
+                    if ticket:
+                        health.release(target, ticket)
                 if tries >= retries or not self.budget.try_spend():
                     break  # fail over (or give up, after the last target)
                 delay = backoff_delay(tries) if wait is None else wait
@@ -172,8 +219,21 @@ class Executor:
                     await asyncio.sleep(delay)
         if isinstance(last, UpstreamError):
             raise last
-        assert last is not None  # plan.targets is never empty (min_items=1)
+        if last is None:  # every target was skipped: their breakers are open
+            wait = health.retry_in(targets)
+            raise RequestError(f"no healthy target for model {plan.alias!r}: the circuit "
+                               f"breakers of all its targets are open; retry in "
+                               f"{wait:.1f}s", status=503, type="server_error",
+                               code="no_healthy_target",
+                               headers=[(b"retry-after", seconds_header(wait))])
         return last
+
+
+def _note_reason(attempts: list[Attempt], made: int, reason: int | str) -> None:
+    """Set ``reason`` on the attempt this exchange just made (none when the answer came
+    from an identical request's upstream call: in-flight deduplication)."""
+    if len(attempts) > made:
+        attempts[-1].reason = str(reason)
 
 
 def _deadline(timeout: float,

@@ -39,8 +39,10 @@ from hapax.pipeline.admission import build_queues
 from hapax.pipeline.dedup import Dedup
 from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.executor import Executor
+from hapax.pipeline.health import Health, TargetHealth
 from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
 from hapax.providers.base import Provider
+from hapax.translate import anthropic as translate
 from hapax.types import Attempt, Response, RoutePlan, StreamResponse, Target
 
 __all__ = ["Gateway", "error_response", "stream_error_event"]
@@ -52,17 +54,29 @@ _CHAT = "chat/completions"
 _EMBEDDINGS = "embeddings"
 
 
+def _anthropic_type(exc: RequestError) -> str | None:
+    # OpenAI files 404s, 413s… under invalid_request_error; Anthropic has a type per status.
+    return None if exc.type == "invalid_request_error" else exc.type
+
+
 def error_response(exchange: Exchange, exc: RequestError) -> Response:
-    """Render ``exc`` in the error format of the exchange's front door."""
-    body = orjson.dumps({"error": {"message": exc.message, "type": exc.type,
-                                   "param": exc.param, "code": exc.code}})
+    """Render ``exc`` in the error format of the exchange's front door: OpenAI's
+    envelope, or Anthropic's for ``/v1/messages``."""
+    if exchange.api == "anthropic":
+        body = translate.anthropic_error_body(exc.status, exc.message, _anthropic_type(exc))
+    else:
+        body = orjson.dumps({"error": {"message": exc.message, "type": exc.type,
+                                       "param": exc.param, "code": exc.code}})
     headers = [(b"content-type", _JSON), *exc.headers]
     return Response(exc.status, body, headers)
 
 
 def stream_error_event(exchange: Exchange, exc: RequestError) -> bytes:
     """The in-band event that ends a failed stream, in the front door's stream format
-    (never followed by the success terminator)."""
+    (never followed by the success terminator: ``[DONE]`` or ``message_stop``)."""
+    if exchange.api == "anthropic":
+        return b"event: error\ndata: " + translate.anthropic_error_body(
+            exc.status, exc.message, _anthropic_type(exc)) + b"\n\n"
     return b"data: " + orjson.dumps({"error": {
         "message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}) \
         + b"\n\n"
@@ -72,16 +86,22 @@ class Gateway:
     """One worker's pipeline: built from a :class:`~hapax.config.Config`."""
 
     def __init__(self, config: Config, *, plugins: Iterable[tuple[str, Any]] = (),
-                 node: NodeState | None = None) -> None:
+                 node: NodeState | None = None, previous: Gateway | None = None) -> None:
+        """``previous``: the gateway this one replaces on a configuration reload.  Its
+        metrics (totals never go back), retry budget and target health carry over;
+        everything else (plugins, providers and their pools) is built anew.  Limiter and
+        queue state survive by living in ``node`` slots named after what they count."""
         self.config = config
         #: State shared by the node's workers (created before they fork); plugins
         #: allocate their slots from it in hapax_configure.
         self.node = node if node is not None else NodeState()
-        self.metrics = Metrics()
+        self.metrics: Metrics = previous.metrics if previous is not None else Metrics()
         #: In-flight deduplication (and the fingerprint policy per model alias).
         self.dedup = Dedup(self, config)
         #: Retries with backoff and failover across a model's targets.
         self.executor = Executor(self)
+        #: Circuit breakers, load and latency of every target; active probes.
+        self.health = Health(self)
         self.pm, self.plugin_infos = load_plugins(config, plugins)
         configure_plugins(self.pm, config, self)
         self.hooks = Hooks(self.pm)
@@ -97,20 +117,32 @@ class Gateway:
         self._transform = bool(self.hooks.transform_request)
         self._after = self.hooks.after_response
         self._routing = self.pm.get_plugin("hapax.builtins.routing")
-        routes: dict[str, tuple[tuple[str, ...], Callable[[Exchange], Awaitable[Any]], str]] = {}
+        # path -> (methods, handler, route name, front door format: what errors look like)
+        routes: dict[str, tuple[tuple[str, ...], Callable[[Exchange], Awaitable[Any]], str,
+                                str]] = {}
         for prefix in ("/v1", ""):
-            routes[f"{prefix}/chat/completions"] = (("POST",), self._chat, "chat")
-            routes[f"{prefix}/embeddings"] = (("POST",), self._embeddings, "embeddings")
-            routes[f"{prefix}/models"] = (("GET", "HEAD"), self._models, "models")
-        routes["/healthz"] = (("GET", "HEAD"), self._healthz, "healthz")
-        routes["/readyz"] = (("GET", "HEAD"), self._readyz, "readyz")
-        routes["/metrics"] = (("GET", "HEAD"), self._metrics, "metrics")
+            routes[f"{prefix}/chat/completions"] = (("POST",), self._chat, "chat", "openai")
+            routes[f"{prefix}/messages"] = (("POST",), self._messages, "messages", "anthropic")
+            routes[f"{prefix}/embeddings"] = (("POST",), self._embeddings, "embeddings",
+                                              "openai")
+            routes[f"{prefix}/models"] = (("GET", "HEAD"), self._models, "models", "openai")
+        routes["/healthz"] = (("GET", "HEAD"), self._healthz, "healthz", "openai")
+        routes["/readyz"] = (("GET", "HEAD"), self._readyz, "readyz", "openai")
+        routes["/metrics"] = (("GET", "HEAD"), self._metrics, "metrics", "openai")
+        routes["/admin/health"] = (("GET", "HEAD"), self._admin_health, "admin_health",
+                                   "openai")
         self._routes = routes
         self.metrics.add(Gauge("hapax_requests_in_flight", "Requests being handled now.", (),
                                lambda: {(): float(self.in_flight)}))
         self.metrics.add(Gauge("hapax_upstream_connections", "Upstream connections by "
                                "provider and state (open|idle).", ("provider", "state"),
                                self._pool_stats))
+        if previous is not None:
+            self.executor.budget = previous.executor.budget
+            for name, queue in self.queues.items():
+                if name in previous.queues:
+                    queue.carry_over(previous.queues[name])
+            self.health.carry_over(previous.health)
 
     def _build_providers(self, config: Config) -> dict[str, Provider]:
         kinds: dict[str, Callable[..., Provider]] = {}
@@ -139,13 +171,29 @@ class Gateway:
     async def start(self) -> None:
         for provider in self.providers.values():
             await provider.start()
+        self.health.start()
         self.ready = True
 
-    async def close(self) -> None:
+    async def close(self, *, drain: float | None = None) -> None:
+        """Stop: wait for after-response tasks (up to 5 s), then close the providers.
+
+        ``drain``: first wait up to that many seconds for the requests in flight —
+        streams included — to finish (a gateway retired by a configuration reload; the
+        listener no longer hands it new requests)."""
         self.ready = False
+        if drain is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + drain
+            while self.in_flight > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            if self.in_flight > 0:
+                log.warning("closing a retired gateway with %d request(s) still in flight "
+                            "after %.1fs", self.in_flight, drain)
+            await asyncio.sleep(0)  # finish() schedules the after-response stage
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.dedup.close()
+        await self.health.stop()
         for provider in self.providers.values():
             try:
                 await provider.close()
@@ -166,7 +214,7 @@ class Gateway:
                 ex.route = "other"
                 raise NotFound(f"Unknown request URL: {ex.method} {ex.path}",
                                code="unknown_url")
-            methods, handler, ex.route = entry
+            methods, handler, ex.route, ex.api = entry
             if ex.method not in methods:
                 raise MethodNotAllowed(f"{ex.method} is not allowed on {ex.path}",
                                        headers=[(b"allow", ", ".join(methods).encode())])
@@ -190,6 +238,13 @@ class Gateway:
         return resp
 
     async def _chat(self, ex: Exchange) -> Response | StreamResponse:
+        return await self._proxy(ex, _CHAT)
+
+    async def _messages(self, ex: Exchange) -> Response | StreamResponse:
+        """Anthropic's Messages API (``ex.api == "anthropic"``): the chat operation in
+        Anthropic's wire format, translated when the target speaks OpenAI's."""
+        # Anthropic's SDKs and consoles look for `request-id`.
+        ex.response_headers.append((b"request-id", ex.request_id.encode("latin-1")))
         return await self._proxy(ex, _CHAT)
 
     async def _embeddings(self, ex: Exchange) -> Response | StreamResponse:
@@ -219,6 +274,11 @@ class Gateway:
             messages = body.get("messages")
             if type(messages) is not list or not messages:
                 raise BadRequest("'messages' must be a non-empty array", param="messages")
+            if ex.api == "anthropic":
+                max_tokens = body.get("max_tokens")
+                if type(max_tokens) is not int or max_tokens < 1:
+                    raise BadRequest("max_tokens: required, an integer of at least 1",
+                                     param="max_tokens")
         elif "input" not in body:
             raise BadRequest("you must provide an input parameter", param="input")
         denial = await hooks.authorize(ex, principal)
@@ -288,20 +348,58 @@ class Gateway:
                        endpoint: str) -> Response | StreamResponse:
         """One upstream call: admission (the provider's queue, if it has a
         max_concurrent: the slot is held until the response is read or the stream
-        ends), then :meth:`_call`."""
-        queue = self.queues.get(target.provider) if self.queues else None
-        if queue is not None:
-            return await queue.run(ex, self._call, ex, provider, target, endpoint)
-        return await self._call(ex, provider, target, endpoint)
+        ends), then :meth:`_call`.
+
+        Its outcome feeds the target's health (hapax.pipeline.health): the attempt is
+        outstanding until its answer is in (a stream: until it ends); an UpstreamError or
+        a status in the model's ``retry_on`` is a failure, any other answer a success
+        whose time to answer (to the first event of a stream) goes into the latency
+        average; an attempt cancelled or refused before the provider answered is
+        neither."""
+        health = self.health
+        th = health.targets.get(target) or health.get(target)
+        th.outstanding += 1
+        t0 = time.perf_counter()
+        try:
+            queue = self.queues.get(target.provider) if self.queues else None
+            if queue is not None:
+                resp = await queue.run(ex, self._call, ex, provider, target, endpoint)
+            else:
+                resp = await self._call(ex, provider, target, endpoint)
+        except UpstreamError as exc:
+            th.outstanding -= 1
+            th.failure(exc.message)
+            health.attempts.inc((target.provider, "failure"))
+            raise
+        except BaseException:
+            th.outstanding -= 1
+            health.attempts.inc((target.provider, "aborted"))
+            raise
+        if resp.status in health.retry_on(ex.alias):
+            th.failure(f"provider {target.provider!r} answered {resp.status}")
+            health.attempts.inc((target.provider, "failure"))
+        else:
+            th.success(time.perf_counter() - t0)
+            health.attempts.inc((target.provider, "success"))
+        if isinstance(resp, StreamResponse):
+            resp.close = _outstanding_until_closed(th, resp.close)
+        else:
+            th.outstanding -= 1
+        return resp
 
     async def _call(self, ex: Exchange, provider: Provider, target: Target,
                     endpoint: str) -> Response | StreamResponse:
-        """Send, first events."""
+        """Send, first events.  When the provider speaks another format than the front
+        door (``provider.api != ex.api``), the request and the answer are translated here
+        (hapax.translate): plugins, the cache and dedup see the client's format."""
         attempt = Attempt(target, len(ex.attempts) + 1)
         ex.attempts.append(attempt)
         if self.hooks.before_attempt:
             await self.hooks.before_attempt(ex, attempt)
-        body = self._upstream_body(ex, target)
+        # The front door and the provider may speak different formats: translate.
+        crossed = provider.api != ex.api
+        body = (self._translated_body(ex, provider, target, endpoint) if crossed
+                else self._upstream_body(ex, target))
         ex.target = target
         t0 = attempt.started = ex.upstream_started = time.perf_counter()
         try:
@@ -317,7 +415,8 @@ class Gateway:
         if isinstance(resp, StreamResponse):
             # Wait for the first events before answering: until something is sent, a
             # failure can still become a proper error response (and, later, a failover).
-            events = resp.events.__aiter__()
+            events = (self._translated_events(ex, target, resp.events) if crossed
+                      else resp.events.__aiter__())
             try:
                 first = await events.__anext__()
             except StopAsyncIteration:
@@ -337,6 +436,8 @@ class Gateway:
                                                            resp.close),
                                   resp.headers, close=resp.close)
         attempt.latency = ex.upstream_time = time.perf_counter() - t0
+        if crossed:
+            resp = self._translated_response(ex, target, resp)
         if 200 <= resp.status < 300:
             ex.state["response"] = resp
             if self.hooks.transform_response:
@@ -344,6 +445,70 @@ class Gateway:
             if self.hooks.cache_store:
                 await self.hooks.cache_store(ex, resp)
         return resp
+
+    def _translated_body(self, ex: Exchange, provider: Provider, target: Target,
+                         endpoint: str) -> bytes:
+        """The request in the provider's format (``hapax.translate``), for ``target``."""
+        if endpoint != _CHAT:
+            raise BadRequest(f"provider {target.provider!r} (kind {provider.kind}) cannot "
+                             f"serve {endpoint}: route this model to an OpenAI-compatible "
+                             f"provider", code="unsupported_endpoint")
+        if ex.api == "anthropic":
+            obj = translate.anthropic_to_openai_request(ex.json)
+        else:
+            obj = translate.openai_to_anthropic_request(ex.json)
+        obj["model"] = target.model
+        return orjson.dumps(obj)
+
+    @staticmethod
+    def _translated_response(ex: Exchange, target: Target, resp: Response) -> Response:
+        """A complete provider answer in the front door's format (bodies of 2xx answers
+        and of error answers alike); the provider's headers are kept."""
+        status = resp.status
+        if status >= 400:
+            body = (translate.openai_error_to_anthropic(status, resp.body)
+                    if ex.api == "anthropic"
+                    else translate.anthropic_error_to_openai(status, resp.body))
+            return Response(status, body, resp.headers)
+        obj = resp.json
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"provider {target.provider!r} answered {status} with a "
+                                f"body that is not a JSON object")
+        if ex.api == "anthropic":
+            obj = translate.openai_to_anthropic_response(obj, model=target.model)
+        else:
+            obj = translate.anthropic_to_openai_response(obj, model=target.model)
+        return Response(status, orjson.dumps(obj), resp.headers)
+
+    @staticmethod
+    async def _translated_events(ex: Exchange, target: Target,
+                                 events: AsyncIterator[list[bytes]]
+                                 ) -> AsyncIterator[list[bytes]]:
+        """The provider's stream in the front door's format.  The translator raises
+        UpstreamError on a provider's in-band error or a malformed event; a stream that
+        ends before its terminator raises too."""
+        translator: (translate.OpenAIToAnthropicStream
+                     | translate.AnthropicToOpenAIStream)
+        if ex.api == "anthropic":
+            translator = translate.OpenAIToAnthropicStream(target.model)
+        else:
+            opts = ex.json.get("stream_options")
+            translator = translate.AnthropicToOpenAIStream(
+                target.model, include_usage=isinstance(opts, dict)
+                and opts.get("include_usage") is True)
+        feed = translator.feed
+        async for batch in events:
+            out: list[bytes] = []
+            for ev in batch:
+                out += feed(ev)
+            if translator.usage is not None:
+                ex.usage = translator.usage
+            if out:
+                yield out
+        if not translator.complete:
+            end = "[DONE]" if ex.api == "anthropic" else "message_stop"
+            raise UpstreamError(f"provider {target.provider!r} ended the stream without "
+                                f"{end}")
 
     async def _relay(self, ex: Exchange, events: AsyncIterator[list[bytes]], first: list[bytes],
                      attempt: Attempt, close: Callable[[], None] | None = None
@@ -370,6 +535,12 @@ class Gateway:
             else:
                 deadline = -deadline  # checked by hand below
         transform = self.hooks.transform_chunk
+        # Token counts: OpenAI's are in one chunk (`include_usage`); Anthropic's come in
+        # two events (message_start: input, message_delta: output).
+        if ex.api == "anthropic":
+            marker, note_usage = b'"usage"', self._note_anthropic_usage
+        else:
+            marker, note_usage = b'"prompt_tokens"', self._note_usage
         batch: list[bytes] | None = first
         # A cache asked for this stream (hapax_cache_lookup set a byte budget): keep the
         # events, and offer a completed stream to hapax_cache_store.
@@ -389,8 +560,8 @@ class Gateway:
                 if transform:
                     batch = await self._transform_events(ex, batch)
                 for ev in batch:
-                    if b'"prompt_tokens"' in ev:
-                        self._note_usage(ex, ev)
+                    if marker in ev:
+                        note_usage(ex, ev)
                 if budget is not None:
                     kept += batch
                     budget -= sum(map(len, batch))
@@ -422,10 +593,17 @@ class Gateway:
             attempt.latency = ex.upstream_time = time.perf_counter() - attempt.started
 
     async def _offer_stream(self, ex: Exchange, events: list[bytes], attempt: Attempt) -> None:
-        """A stream ended: a complete one (``[DONE]`` last) goes to hapax_cache_store as
-        one SSE body.  The client already has every event: a failure here is only logged."""
+        """A stream ended: a complete one (its terminator last: ``[DONE]``, or
+        ``message_stop`` for Anthropic's format) goes to hapax_cache_store as one SSE
+        body.  The client already has every event: a failure here is only logged."""
         status = attempt.status or 0
-        if not (events and 200 <= status < 300 and event_data(events[-1]) == b"[DONE]"):
+        if not (events and 200 <= status < 300):
+            return
+        last = event_data(events[-1])
+        if ex.api == "anthropic":
+            if last is None or b'"message_stop"' not in last:
+                return
+        elif last != b"[DONE]":
             return
         try:
             await self.hooks.cache_store(ex, Response(status, b"".join(events),
@@ -442,6 +620,25 @@ class Gateway:
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if isinstance(usage, dict):
             ex.usage = usage
+
+    @staticmethod
+    def _note_anthropic_usage(ex: Exchange, event: bytes) -> None:
+        """Merge the usage of an Anthropic ``message_start`` / ``message_delta`` event
+        into ``ex.usage`` (OpenAI's fields, as everywhere)."""
+        try:
+            obj = orjson.loads(event[event.index(b"{"):])
+        except (ValueError, orjson.JSONDecodeError):
+            return
+        if not isinstance(obj, dict):
+            return
+        message = obj.get("message")
+        usage = (message.get("usage") if isinstance(message, dict) else None) \
+            or obj.get("usage")
+        if not isinstance(usage, dict):
+            return
+        seen: dict[str, Any] = ex.state.setdefault("hapax.anthropic_usage", {})
+        seen.update((k, v) for k, v in usage.items() if v is not None)
+        ex.usage = translate.openai_usage(seen)
 
     async def _transform_events(self, ex: Exchange, events: list[bytes]) -> list[bytes]:
         out = []
@@ -481,6 +678,11 @@ class Gateway:
         return Response(503, b'{"status":"draining"}' if self.draining
                         else b'{"status":"starting"}')
 
+    async def _admin_health(self, ex: Exchange) -> Response:
+        """Breakers, load, latency and probe results of every model's targets, as this
+        worker sees them (docs/reference/endpoints.md)."""
+        return Response(200, orjson.dumps(self.health.report()))
+
     async def _metrics(self, ex: Exchange) -> Response:
         return Response(200, self.metrics.render(),
                         content_type=b"text/plain; version=0.0.4; charset=utf-8")
@@ -501,7 +703,8 @@ class Gateway:
                 obj = resp.json
                 usage = obj.get("usage") if isinstance(obj, dict) else None
                 if isinstance(usage, dict):
-                    ex.usage = usage
+                    ex.usage = translate.openai_usage(usage) if ex.api == "anthropic" \
+                        else usage
         if not self._after:
             return
         try:
@@ -518,3 +721,19 @@ class Gateway:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("after-response hook failed", exc_info=task.exception())
+
+
+def _outstanding_until_closed(th: TargetHealth,
+                              close: Callable[[], None] | None) -> Callable[[], None]:
+    """``close`` for a stream, which also ends its attempt's time in flight (once)."""
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            th.outstanding -= 1
+        if close is not None:
+            close()
+
+    return release

@@ -7,6 +7,12 @@ apart, after ``latency``.  With ``tools`` (and ``tool_choice`` not ``none``) it 
 the chosen tool, filling its required string parameters with the prompt; after a
 ``tool`` message it answers in text.  Embeddings are unit vectors seeded by a hash of
 each input, base64 (float32) or float lists as the request asks.
+
+The provider's ``timeouts`` hold as for a real one: a ``latency`` above
+``timeouts.first_byte`` or a ``chunk_delay`` above ``timeouts.idle`` ends in
+:class:`~hapax.errors.UpstreamTimeout` when that timeout passes, so failover and stream
+errors can be tried without a network.  A stream's ``close`` (the gateway calls it when
+the request's deadline passes or the client leaves) stops it at once, even mid-pause.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import xxhash
 
-from hapax.errors import BadRequest
+from hapax.errors import BadRequest, UpstreamError, UpstreamTimeout
 from hapax.providers.base import Provider
 from hapax.types import Response, StreamResponse
 
@@ -59,25 +65,42 @@ class MockProvider(Provider):
             raise BadRequest("request body is not valid JSON", code="invalid_json") from None
         if not isinstance(req, dict):
             raise BadRequest("request body must be a JSON object")
-        if self.config.latency:
-            await asyncio.sleep(self.config.latency)
+        latency, first_byte = self.config.latency, self.config.timeouts.first_byte
+        if latency > first_byte:
+            await asyncio.sleep(first_byte)
+            raise UpstreamTimeout(f"provider {self.name!r} did not answer within "
+                                  f"{first_byte:g}s (timeouts.first_byte)")
+        if latency:
+            await asyncio.sleep(latency)
         if endpoint == "embeddings":
             return Response(200, orjson.dumps(self._embeddings(req)), list(_JSON))
         plan = _Answer(req, self.name)
         if req.get("stream"):
-            return StreamResponse(200, self._stream(plan, req),
+            closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def close() -> None:
+                if not closed.done():
+                    closed.set_result(None)
+
+            return StreamResponse(200, self._stream(plan, req, closed),
                                   [(b"content-type", b"text/event-stream"),
-                                   (b"cache-control", b"no-cache")])
+                                   (b"cache-control", b"no-cache")], close=close)
         return Response(200, orjson.dumps(plan.completion()), list(_JSON))
 
-    async def _stream(self, plan: _Answer, req: dict[str, Any]) -> AsyncIterator[list[bytes]]:
+    async def _stream(self, plan: _Answer, req: dict[str, Any],
+                      closed: asyncio.Future[None]) -> AsyncIterator[list[bytes]]:
         opts = req.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        delay = self.config.chunk_delay
+        delay, idle = self.config.chunk_delay, self.config.timeouts.idle
         pieces = plan.pieces(self.config.chunks)
         for i, chunk in enumerate(plan.chunks(pieces, include_usage)):
             if i and delay:
-                await asyncio.sleep(delay)
+                await asyncio.wait([closed], timeout=min(delay, idle))
+                if not closed.done() and delay > idle:
+                    raise UpstreamTimeout(f"provider {self.name!r} went silent for {idle:g}s "
+                                          f"in the middle of its response (timeouts.idle)")
+            if closed.done():
+                raise UpstreamError(f"stream from provider {self.name!r} closed")
             yield [b"data: " + orjson.dumps(chunk) + b"\n\n"]
         yield [b"data: [DONE]\n\n"]
 

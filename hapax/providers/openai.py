@@ -1,7 +1,16 @@
-"""Adapter for OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp…)."""
+"""Adapter for OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp…).
+
+Streams are checked as they are relayed, so that a broken one can never reach the client
+looking complete: an event whose data is neither a JSON object nor ``[DONE]``, an error
+event from the provider, or the stream ending without ``data: [DONE]`` raises
+:class:`~hapax.errors.UpstreamError` (the gateway fails over before the first event,
+and ends the stream with an in-band error event after it).  Events after ``[DONE]`` are
+dropped.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -10,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from hapax import __version__
-from hapax._core.sse import SSEDecoder
+from hapax._core.sse import SSEDecoder, event_data
 from hapax.errors import UpstreamError
 from hapax.providers.base import ENDPOINTS, Provider
 from hapax.providers.upstream import UpstreamPool, UpstreamResponse
@@ -25,11 +34,17 @@ __all__ = ["OpenAIProvider", "UpstreamStatusError", "error_message"]
 
 
 class UpstreamStatusError(UpstreamError):
-    """The provider answered 5xx (or another status that is not a usable answer)."""
+    """The provider answered 5xx (or another status that is not a usable answer).
 
-    def __init__(self, message: str, upstream_status: int) -> None:
-        super().__init__(message)
+    ``retry_headers`` are the provider's ``retry-after``/``retry-after-ms`` headers: the
+    executor's backoff honours them, and they reach the client with the error.
+    """
+
+    def __init__(self, message: str, upstream_status: int,
+                 retry_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message, headers=retry_headers)
         self.upstream_status = upstream_status
+        self.retry_headers = retry_headers or []
 
 
 def error_message(body: bytes) -> str:
@@ -96,7 +111,8 @@ class OpenAIProvider(Provider):
         self.pool = UpstreamPool(
             self.name, self.host, self.port, ssl_context=self._ssl_context(),
             max_connections=cfg.pool.max_connections, connect_timeout=cfg.timeouts.connect,
-            read_timeout=cfg.timeouts.read, idle_timeout=cfg.pool.idle_timeout)
+            first_byte_timeout=cfg.timeouts.first_byte, idle_timeout=cfg.timeouts.idle,
+            keepalive_timeout=cfg.pool.idle_timeout)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -129,7 +145,8 @@ class OpenAIProvider(Provider):
         if 200 <= status < 300 and exchange.stream:
             ctype = headers[0][1]
             if ctype.startswith(b"text/event-stream"):
-                return StreamResponse(status, _relay(resp), headers, close=resp.close)
+                return StreamResponse(status, _relay(resp, self.name), headers,
+                                      close=resp.close)
             # The provider answered a streamed request with one body: pass it on as is.
         try:
             data = await resp.read()
@@ -138,7 +155,8 @@ class OpenAIProvider(Provider):
             raise
         if status >= 500 or status < 200 or 300 <= status < 400:
             raise UpstreamStatusError(f"provider {self.name!r} answered {status}: "
-                                      f"{error_message(data)}", status)
+                                      f"{error_message(data)}", status,
+                                      [(n, v) for n, v in resp.headers if n in _RETRY_HEADERS])
         if status >= 400 and not data.lstrip().startswith(b"{"):
             data = orjson.dumps({"error": {"message": error_message(data), "type":
                                  "invalid_request_error", "code": None, "param": None}})
@@ -146,14 +164,87 @@ class OpenAIProvider(Provider):
         return Response(status, data, headers)
 
 
-async def _relay(resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
-    """Complete SSE events, a list per upstream read, as they arrive."""
+async def _relay(resp: UpstreamResponse, provider: str) -> AsyncIterator[list[bytes]]:
+    """Complete SSE events, a list per upstream read, as they arrive, checked (see the
+    module docstring).  Nothing is JSON-parsed unless it looks like an error."""
     decoder = SSEDecoder()
     feed = decoder.feed
     async for piece in resp:
         events = feed(piece)
-        if events:
-            yield events
+        if not events:
+            continue
+        for event in events:
+            # The usual chunk, a JSON object whose first key is not "error" (nor "object",
+            # as in vLLM's old error form): indexing costs ~65 ns an event, method calls
+            # three times that (benchmarks/test_bench_upstream.py::test_stream_checks).
+            if event[-3] == 0x7D and event[:7] == b"data: {" and event[8] not in b"eo ":
+                continue
+            i = events.index(event)  # an equal event before would have raised or ended it
+            try:
+                done = _check(event, provider)
+            except UpstreamError:
+                if i:
+                    yield events[:i]  # what came before the bad event is good
+                raise
+            if done:  # [DONE]: the stream is complete
+                yield events[:i + 1]
+                await _drain(resp)
+                return
+        yield events
     tail = decoder.flush()
-    if tail.strip():
+    if tail.strip() and _check(tail + b"\n\n", provider):  # "[DONE]" without a blank line
         yield [tail + b"\n\n"]
+        return
+    raise UpstreamError(f"stream from provider {provider!r} ended without its final DONE event")
+
+
+def _check(event: bytes, provider: str) -> bool:
+    """True for ``data: [DONE]``; raises UpstreamError for an event that is malformed or
+    reports an error; False for any other event (comments and named events included)."""
+    data = event_data(event)
+    if event.startswith((b"event: error\n", b"event:error\n")):
+        raise UpstreamError(f"provider {provider!r} sent an error in its stream: "
+                            f"{error_message(data or b'')}")
+    if data is None:
+        return False  # a comment (": keep-alive") or a named event without data
+    data = data.strip()
+    if data == b"[DONE]":
+        return True
+    if not (data.startswith(b"{") and data.endswith(b"}")):
+        raise UpstreamError(f"provider {provider!r} sent a malformed stream event: "
+                            f"{_snippet(data)}")
+    if b'"error"' in data[:32]:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"provider {provider!r} sent a malformed stream event: "
+                                f"{_snippet(data)}") from None
+        if isinstance(obj, dict) and (obj.get("error") or obj.get("object") == "error"):
+            raise UpstreamError(f"provider {provider!r} sent an error in its stream: "
+                                f"{error_message(data)}")
+    return False
+
+
+def _snippet(data: bytes) -> str:
+    """The start of a bad event, for the error message (provider output, not a secret)."""
+    text = data[:80].decode("utf-8", "replace")
+    return repr(text + ("…" if len(data) > 80 else ""))
+
+
+#: How long what follows ``[DONE]`` may take to end before the connection is dropped.
+_DRAIN_GRACE = 1.0
+
+
+async def _drain(resp: UpstreamResponse) -> None:
+    """Read what follows ``[DONE]`` to the end of the response (usually only the chunked
+    terminator, so the connection is reused), discarding it.  A provider that keeps the
+    response open after ``[DONE]`` must not hold the client's complete stream open:
+    after ``_DRAIN_GRACE`` its connection is dropped instead."""
+    if resp.done:
+        return
+    try:
+        async with asyncio.timeout(_DRAIN_GRACE):
+            async for _ in resp:
+                pass
+    except (UpstreamError, TimeoutError):
+        resp.close()

@@ -9,8 +9,9 @@ read whole (``await resp.read()``) or relayed piece by piece (``async for piece 
 resp``).  A response whose consumer stops reading pauses the upstream socket (bounded
 buffering), and ``resp.close()`` before the end aborts the upstream request at once.
 
-Timeouts: ``connect`` covers TCP and TLS; ``read`` is the longest silence allowed
-from the provider, including before the first byte.  A request written on a reused
+Timeouts: ``connect`` covers TCP and TLS; ``first_byte`` bounds the wait from sending
+the request to the response head; ``idle`` is the longest silence allowed once the head
+has arrived (a stalled stream or body).  A request written on a reused
 connection that the provider had already closed (keep-alive race: the connection
 ends without a single response byte) is retried once on a fresh connection.
 """
@@ -153,7 +154,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self._paused = False
-        self._last = 0.0
+        self._sent = 0.0  # when the current request was written
+        self._last = 0.0  # when the provider last sent a byte
         self._timer: asyncio.TimerHandle | None = None
         self._header_name = b""
 
@@ -232,7 +234,7 @@ class _Connection(asyncio.Protocol):
             return
         self.response = None
         self.requests += 1
-        # The read timer stays armed: it finds no response (or a later deadline) when it
+        # The timer stays armed: it finds no response (or a later deadline) when it
         # fires, so the next request on this connection need not start a new one.
         resp._finish()
         self.pool._release(self, resp.keep_alive)
@@ -241,14 +243,14 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes, resp: UpstreamResponse) -> None:
         self.response = resp
-        self._last = self.loop.time()
-        if self._timer is None:  # a pending one fires no later than this deadline
-            self._arm_timer()
+        self._sent = self._last = self.loop.time()
+        if self._timer is None:  # a pending one fires no later than this request's deadline
+            self._arm_timer(self._sent + self.pool.tick)
         assert self.transport is not None
         self.transport.write(data)
 
-    def _arm_timer(self) -> None:
-        self._timer = self.loop.call_at(self._last + self.pool.read_timeout, self._on_timer)
+    def _arm_timer(self, when: float) -> None:
+        self._timer = self.loop.call_at(when, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -257,17 +259,33 @@ class _Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         # One timer per connection, re-armed lazily: cheaper than resetting it per read
-        # or per request (a timer handle costs ~3% of a proxied request's CPU).
+        # or per request (a timer handle costs ~3% of a proxied request's CPU).  Which
+        # deadline holds depends on whether the response head has arrived; the timer never
+        # sleeps longer than the shorter timeout (``pool.tick``), so when the head arrives
+        # and the idle deadline takes over, a pending timer is never late for it.
         self._timer = None
-        if self.response is None:
+        resp = self.response
+        if resp is None:
             return
-        if self._paused or self.loop.time() - self._last < self.pool.read_timeout:
-            self._last = self.loop.time() if self._paused else self._last
-            self._arm_timer()
+        now = self.loop.time()
+        pool = self.pool
+        if self._paused:  # our consumer is not reading: that silence is not the provider's
+            self._last = now
+        if resp.status:
+            due = self._last + pool.idle_timeout
+        else:
+            due = self._sent + pool.first_byte_timeout
+        if now < due:
+            self._arm_timer(min(due, now + pool.tick))
             return
-        waited = "the first byte" if not self.response.status else "more data"
-        self._fail(UpstreamTimeout(f"provider {self.pool.name!r} sent nothing for "
-                                   f"{self.pool.read_timeout:g}s (waiting for {waited})"))
+        if resp.status:
+            exc = UpstreamTimeout(f"provider {pool.name!r} went silent for "
+                                  f"{pool.idle_timeout:g}s in the middle of its response "
+                                  f"(timeouts.idle)")
+        else:
+            exc = UpstreamTimeout(f"provider {pool.name!r} did not answer within "
+                                  f"{pool.first_byte_timeout:g}s (timeouts.first_byte)")
+        self._fail(exc)
         self.abort()
 
     def _fail(self, exc: BaseException) -> None:
@@ -294,19 +312,27 @@ class _Connection(asyncio.Protocol):
 
 class UpstreamPool:
     """Keep-alive connections to one ``host:port`` (TLS optional), at most
-    ``max_connections`` at once; callers beyond that wait in FIFO order."""
+    ``max_connections`` at once; callers beyond that wait in FIFO order.
+
+    ``connect_timeout``, ``first_byte_timeout`` and ``idle_timeout`` are the provider's
+    ``timeouts`` (see the module docstring); ``keepalive_timeout`` (``pool.idle_timeout``
+    in the configuration) is how long an unused connection may be reused."""
 
     def __init__(self, name: str, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 max_connections: int, connect_timeout: float, read_timeout: float,
-                 idle_timeout: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 max_connections: int, connect_timeout: float, first_byte_timeout: float,
+                 idle_timeout: float, keepalive_timeout: float,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port
         self.ssl = ssl_context
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
+        #: The longest the per-connection timer sleeps (see _Connection._on_timer).
+        self.tick = min(first_byte_timeout, idle_timeout)
+        self.keepalive_timeout = keepalive_timeout
         self.loop = loop or asyncio.get_running_loop()
         self._idle: list[_Connection] = []
         self._open = 0
@@ -342,7 +368,7 @@ class UpstreamPool:
         now = self.loop.time()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_timeout:
+            if not conn.closed and now - conn.idle_since < self.keepalive_timeout:
                 return conn
             conn.abort()  # _lost() will decrement the count
         if self._open < self.max_connections:

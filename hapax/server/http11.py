@@ -46,7 +46,12 @@ _IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3
 
 
 class ListenerState:
-    """What every connection of one listener shares."""
+    """What every connection of one listener shares.
+
+    ``gateway`` is read by each request as it starts, so a configuration reload
+    (:meth:`use`) reaches keep-alive connections too, while a request already running
+    keeps the gateway it started with, to the end of its stream.
+    """
 
     def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
         self.gateway = gateway
@@ -56,6 +61,12 @@ class ListenerState:
         self.draining = False
         self._date_sec = -1
         self._date = b""
+
+    def use(self, gateway: Gateway) -> None:
+        """Answer new requests with ``gateway`` (and give its ``server.limits`` to new
+        connections)."""
+        self.gateway = gateway
+        self.limits = gateway.config.server.limits
 
     def date_header(self) -> bytes:
         now = int(time.time())
@@ -82,7 +93,7 @@ class _ParseFailure:
 
 class HTTP11Protocol(asyncio.Protocol):
     __slots__ = (
-        "s", "gateway", "loop", "limits", "transport", "parser", "queue", "task", "phase",
+        "s", "loop", "limits", "transport", "parser", "queue", "task", "phase",
         "timer", "deadline", "last_read", "read_paused", "write_paused", "drain_waiter",
         "closed", "client", "waiter", "_url", "_headers", "_head_size", "_hdr_bytes", "_body",
         "_body_size", "_keep_alive", "_failed", "_expect", "_completed_in_read",
@@ -90,7 +101,6 @@ class HTTP11Protocol(asyncio.Protocol):
 
     def __init__(self, state: ListenerState) -> None:
         self.s = state
-        self.gateway = state.gateway
         self.loop = state.loop
         self.limits = state.limits
         self.transport: Any = None
@@ -358,7 +368,6 @@ class HTTP11Protocol(asyncio.Protocol):
     async def _serve(self) -> None:
         """Answer queued requests in order.  One task per connection for its whole life:
         between requests it waits on a future, cheaper than a new task per request."""
-        gateway = self.gateway
         try:
             while not self.closed:
                 if not self.queue:
@@ -388,6 +397,7 @@ class HTTP11Protocol(asyncio.Protocol):
                     self._write_failure(item)
                     return
                 ex = item
+                gateway = self.s.gateway  # per request: a reload swaps it (ListenerState)
                 if ex.state.pop("expect", False):
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
@@ -403,6 +413,7 @@ class HTTP11Protocol(asyncio.Protocol):
                     return
                 finally:
                     gateway.finish(ex)
+                    del gateway  # an idle connection must not keep a reloaded-away gateway
                 if not ex.keep_alive or self.s.draining:
                     self._close()
                     return

@@ -3,6 +3,10 @@
 :class:`Server` can also run inside an existing loop (tests, ``hapax.testing``).
 Shutdown (SIGTERM/SIGINT): stop accepting, close idle connections, let in-flight
 requests and streams finish up to ``server.drain_timeout``, then exit 0.
+
+Reload (SIGHUP): re-read the configuration file, check it as ``hapax check`` does, and
+if it is valid swap a new gateway in for new requests (:meth:`Server.reload`) while the
+old one finishes what it has in flight; if not, log every problem and keep serving.
 """
 
 from __future__ import annotations
@@ -16,15 +20,43 @@ import socket
 import time
 from typing import Any
 
-from hapax.config import Config
+from hapax.config import Config, default_config, load
+from hapax.errors import ConfigError, PluginError
+from hapax.metrics import Counter, Gauge
 from hapax.node import NodeState
 from hapax.node_metrics import NodeMetrics
 from hapax.pipeline.gateway import Gateway
 from hapax.server.http11 import HTTP11Protocol, ListenerState
 
-__all__ = ["Server", "run_worker", "new_event_loop"]
+__all__ = ["Server", "run_worker", "new_event_loop", "check_config", "describe_problem",
+           "RESTART_KEYS"]
 
 log = logging.getLogger("hapax.server")
+
+#: ``server.*`` settings a reload cannot change: they shape the listening sockets and
+#: the processes, made once at start-up.
+RESTART_KEYS = ("host", "port", "workers", "backlog")
+
+
+def check_config(path: str | None) -> Config:
+    """Load ``path`` (``None``: the built-in default) and build — not start — a gateway
+    from it on a throwaway node state: the checks of ``hapax check``.  Raises
+    :class:`ConfigError` or :class:`PluginError`."""
+    config = default_config() if path is None else load(path)
+    Gateway(config)
+    return config
+
+
+def describe_problem(exc: ConfigError | PluginError) -> str:
+    """What ``hapax check`` prints for ``exc``: one ``FILE: KEY.PATH: expectation``
+    line per problem (or the plugin error)."""
+    return str(exc) if isinstance(exc, ConfigError) else f"plugin error: {exc}"
+
+
+def restart_keys(old: Config, new: Config) -> list[str]:
+    """The :data:`RESTART_KEYS` whose value differs between ``old`` and ``new``."""
+    return [f"server.{key}" for key in RESTART_KEYS
+            if getattr(old.server, key) != getattr(new.server, key)]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -37,12 +69,28 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class Server:
-    """A gateway behind an HTTP/1.1 listener on the running loop."""
+    """A gateway behind an HTTP/1.1 listener on the running loop.
 
-    def __init__(self, gateway: Gateway) -> None:
+    ``generation`` counts the configurations this server has run (1 at start-up);
+    :meth:`reload` swaps in the next one.
+    """
+
+    def __init__(self, gateway: Gateway, *, generation: int = 1) -> None:
         self.gateway = gateway
+        self.generation = generation
         self.state: ListenerState | None = None
         self._server: asyncio.base_events.Server | None = None
+        #: Gateways replaced by a reload, closing once their requests are done.
+        self._retiring: set[asyncio.Task[None]] = set()
+        metrics = gateway.metrics  # carried over by every reload: registered once
+        self.reloads = metrics.add(Counter(
+            "hapax_config_reloads_total", "Configuration reloads (SIGHUP), by result "
+            "(ok|error).", ("result",)))
+        for result in ("ok", "error"):
+            self.reloads.inc((result,), 0.0)  # both series from the start, for alerts
+        metrics.add(Gauge("hapax_config_generation", "Configurations this worker has run: "
+                          "1 at start-up, plus one per successful reload.", (),
+                          lambda: {(): float(self.generation)}, merge="none"))
 
     async def start(self, *, sock: socket.socket | None = None, host: str | None = None,
                     port: int | None = None, reuse_port: bool = False) -> None:
@@ -67,6 +115,50 @@ class Server:
     def port(self) -> int:
         return int(self.sockets[0].getsockname()[1])
 
+    async def reload(self, config: Config) -> None:
+        """Answer new requests from a gateway built from ``config``.
+
+        ``config`` must have passed :func:`check_config`.  The new gateway carries over
+        the old one's metrics, retry budget and target health, and shares its node state
+        (limiter and queue slots, the response cache).  Requests already running —
+        streams included — finish on the old gateway, which then closes (waiting at
+        most ``server.drain_timeout``).  On failure nothing changes and the error
+        propagates (the reload counts as failed).
+        """
+        old = self.gateway
+        try:
+            new = Gateway(config, node=old.node, previous=old)
+        except BaseException:
+            self.reloads.inc(("error",))
+            raise
+        try:
+            await new.start()
+        except BaseException:
+            self.reloads.inc(("error",))
+            await new.close()
+            raise
+        self.gateway = new
+        if self.state is not None:
+            self.state.use(new)
+        self.generation += 1
+        self.reloads.inc(("ok",))
+        task = asyncio.get_running_loop().create_task(
+            old.close(drain=old.config.server.drain_timeout))
+        self._retiring.add(task)
+        task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("closing the gateway replaced by a reload failed",
+                      exc_info=task.exception())
+        if gc.get_freeze_count():
+            # run_worker froze the start-up objects, the first gateway among them: frozen
+            # reference cycles are never collected, so let the collector see them once.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful stop: no new connections; in-flight work gets ``timeout`` seconds."""
         if timeout is None:
@@ -88,7 +180,80 @@ class Server:
                 for conn in list(state.connections):
                     conn.transport.abort()
                 await asyncio.sleep(0)
+        if self._retiring:
+            await asyncio.wait(list(self._retiring))
         await self.gateway.close()
+
+
+class _Reloader:
+    """SIGHUP in a worker: re-read ``path`` and reload the server, one reload at a time
+    (a SIGHUP during a reload queues one more, never more than one)."""
+
+    def __init__(self, server: Server, path: str | None, *, warn_restart: bool) -> None:
+        self.server = server
+        self.path = path
+        self.warn_restart = warn_restart
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self._task is not None:
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self.reload()
+                if not self._again:
+                    return
+        finally:
+            self._task = None
+
+    async def reload(self) -> bool:
+        """One reload; True if the new configuration now serves."""
+        server, path = self.server, self.path
+        if path is None:
+            log.info("SIGHUP: started with the built-in default configuration: there is "
+                     "no file to re-read; nothing reloaded")
+            return False
+        try:
+            # Off the loop: parsing and loading plugins must not stall the requests.
+            config = await asyncio.to_thread(check_config, path)
+        except (ConfigError, PluginError) as exc:
+            server.reloads.inc(("error",))
+            log.error("reload of %s rejected; still serving generation %d:\n%s", path,
+                      server.generation, describe_problem(exc))
+            return False
+        except Exception:  # e.g. a plugin's hapax_configure with a bug
+            server.reloads.inc(("error",))
+            log.exception("reload of %s rejected; still serving generation %d", path,
+                          server.generation)
+            return False
+        stale = restart_keys(server.gateway.config, config)
+        if stale and self.warn_restart:
+            log.warning("reload of %s: %s changed; that takes a restart (the rest applies)",
+                        path, ", ".join(stale))
+        try:
+            await server.reload(config)
+        except (ConfigError, PluginError) as exc:
+            log.error("reload of %s failed; still serving generation %d:\n%s", path,
+                      server.generation, describe_problem(exc))
+            return False
+        except Exception:
+            log.exception("reload of %s failed; still serving generation %d", path,
+                          server.generation)
+            return False
+        log.info("reloaded %s (generation %d)", path, server.generation)
+        return True
+
+    async def wait(self) -> None:
+        """Let a reload in progress finish (at shutdown)."""
+        task = self._task
+        if task is not None:
+            await asyncio.wait([task])
 
 
 def _announce(server: Server, cfg: Config) -> None:
@@ -101,30 +266,43 @@ def _announce(server: Server, cfg: Config) -> None:
 def run_worker(config: Config, *, host: str | None = None, port: int | None = None,
                reuse_port: bool = False, announce: bool = True,
                parent_pid: int | None = None, ready_fd: int | None = None,
-               node: NodeState | None = None) -> int:
+               node: NodeState | None = None, path: str | None = None,
+               generation: int = 1) -> int:
     """Run one worker until SIGTERM/SIGINT; return the exit code.
 
     With ``parent_pid`` (the supervisor), the worker also drains and exits once that
     process is gone: a worker outliving a killed supervisor would keep the port, and a
     new supervisor on the same port (SO_REUSEPORT) would share it with stale workers.
-    ``ready_fd``: a pipe to write one byte to once the worker listens.
+    ``ready_fd``: a pipe to write one byte to once the worker listens.  ``path``: the
+    file ``config`` came from, re-read on SIGHUP (``None``: the built-in default, which
+    a reload leaves as it is); ``generation``: the configuration's number (a worker the
+    supervisor restarts after reloads continues the count).
+
+    SIGHUP may be blocked on entry (``hapax serve`` and the supervisor block it so that
+    an early one cannot kill the process); it is unblocked once its handler is in place.
     """
+    if node is None:
+        # One process: the node state still outlives each gateway, so that limiter
+        # state and the response cache survive a reload.
+        cached = any(m.cache is not None for m in config.models.values())
+        node = NodeState(cache_bytes=config.cache.max_bytes if cached else 0)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        gateway = Gateway(config, node=node)
-        server = Server(gateway)
+        # No local name for the gateway: a reload replaces it, and the old one must go.
+        server = Server(Gateway(config, node=node), generation=generation)
         try:
             await server.start(host=host, port=port, reuse_port=reuse_port)
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", host or config.server.host,
                       config.server.port if port is None else port, exc.strerror or exc)
-            await gateway.close()
+            await server.gateway.close()
             return 1
-        # Under a supervisor: /metrics reports the whole node (hapax.node_metrics).
+        # Under a supervisor: /metrics reports the whole node (hapax.node_metrics).  The
+        # metrics object outlives every reload.
         shared = None
-        if node is not None and node.metrics_dir:
-            shared = NodeMetrics(gateway.metrics, node.metrics_dir, node.worker)
+        if node.metrics_dir:
+            shared = NodeMetrics(server.gateway.metrics, node.metrics_dir, node.worker)
             shared.start()
         # Start-up objects (modules, config, plugins) live as long as the worker: take
         # them out of the collector's reach, so a full collection does not walk ~40k
@@ -137,8 +315,10 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
-            "SIGHUP: configuration reload is not implemented yet; ignoring"))
+        # Under a supervisor, it warns about settings that need a restart, once.
+        reloader = _Reloader(server, path, warn_restart=parent_pid is None)
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         if announce:
             _announce(server, config)
         if ready_fd is not None:
@@ -159,7 +339,11 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
         await stop.wait()
         if watch is not None:
             watch.cancel()
-        log.info("shutting down: draining for up to %.1fs", config.server.drain_timeout)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info(
+            "SIGHUP while shutting down: not reloading"))
+        await reloader.wait()
+        drain = server.gateway.config.server.drain_timeout
+        log.info("shutting down: draining for up to %.1fs", drain)
         await server.shutdown()
         if shared is not None:
             shared.close(orphaned=parent_pid is not None and os.getppid() != parent_pid)

@@ -3,9 +3,11 @@
 * :class:`GatewayThread` — a real gateway on 127.0.0.1 (ephemeral port), in a thread
   with its own event loop, so synchronous and asynchronous clients both work.
 * :class:`~hapax.testing.fake_provider.FakeProvider` — a fake OpenAI-compatible
-  provider that records what it received.
+  provider that records what it received, with scripted faults (docs/testing.md).
+* :class:`~hapax.testing.fake_anthropic.FakeAnthropic` — the same for Anthropic's
+  Messages API.
 * The pytest plugin (loaded automatically once Hapax is installed) provides the
-  ``fake_provider`` and ``hapax_gateway`` fixtures; see docs/plugins.md.
+  ``fake_provider``, ``fake_anthropic`` and ``hapax_gateway`` fixtures; see docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from hapax.config import Config, from_dict
 
-__all__ = ["GatewayThread", "FakeProvider", "Reply", "config_for"]
+__all__ = ["GatewayThread", "FakeProvider", "FakeAnthropic", "Reply", "config_for"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from hapax.testing import fake_provider
 
         return getattr(fake_provider, name)
+    if name == "FakeAnthropic":
+        from hapax.testing import fake_anthropic
+
+        return fake_anthropic.FakeAnthropic
     raise AttributeError(name)
 
 

@@ -1,9 +1,17 @@
 """A fake OpenAI-compatible provider for tests: a real HTTP server on 127.0.0.1.
 
-It records every request (method, path, headers, JSON body) and answers like OpenAI:
-by default ``"Fake answer to: <last user message>"`` with usage, streamed as SSE when
-asked.  Tests script other behaviour by queueing :class:`Reply` objects
-(``fake.queue(Reply(status=429, ...))``) or by replacing ``fake.default``.
+It records every request (method, path, headers, JSON body, arrival time, the reply
+it got) and answers like OpenAI: by default ``"Fake answer to: <last user message>"``
+with usage, streamed as SSE when asked.  Tests script other behaviour, faults included
+(see docs/testing.md), in three ways, tried in this order for each request:
+
+* ``fake.queue(Reply(status=429, ...), ...)``: the next requests get these replies;
+* ``fake.script = fn``: ``fn(recorded_request) -> Reply`` computes the reply (see
+  :func:`cycle` for a flapping provider and :func:`at_random` for random failures);
+* ``fake.default``: every other request.
+
+:func:`sse`, :func:`chunk`, :data:`DONE` and :data:`MALFORMED` build hand-written
+streams for ``Reply(events=[...])``.
 
 Runs in its own thread and event loop, so synchronous clients work against it.
 Needs ``aiohttp`` (``pip install hapax[testing]``).
@@ -13,16 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import random
+import socket
 import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["FakeProvider", "Reply", "RecordedRequest"]
+__all__ = ["FakeProvider", "Reply", "RecordedRequest", "Script", "sse", "chunk", "DONE",
+           "MALFORMED", "cycle", "at_random"]
 
 
 @dataclass
@@ -34,6 +47,11 @@ class RecordedRequest:
     #: ``(host, port)`` of the connection the request came on: tells pooled,
     #: reused connections apart from new ones.
     peer: tuple[str, int] | None = None
+    #: ``time.monotonic()`` when the request (its body read) reached the fake: the
+    #: spacing of two requests shows a retry's backoff.
+    at: float = 0.0
+    #: The reply the fake chose for this request.
+    reply: Reply | None = None
 
     @property
     def json(self) -> Any:
@@ -50,8 +68,24 @@ class Reply:
     (default: what the request asked).  ``chunks``: number of content pieces;
     ``chunk_delay``: seconds between events.  ``events``: raw SSE bytes to send instead
     of generated ones.  ``hang``: never answer (the connection stays open).
-    ``drop_after_events``: close the connection abruptly after that many events.
+    ``drop_after_events``: close the connection abruptly after that many events
+    (``0``: right after the response head, before any event).
     ``stall_after_events``: after that many events, go silent with the connection open.
+    ``reset``: abort the TCP connection (an RST) without sending a byte of response;
+    the gateway sees "connection reset by peer".  ``headers``: extra response headers
+    (``{"Retry-After": "1"}``).
+
+    Faults, as the gateway sees them::
+
+        Reply(status=500)                         # an error status (OpenAI's envelope)
+        Reply(status=429, headers={"Retry-After": "2"})
+        Reply(reset=True)                         # connection reset, no response
+        Reply(hang=True)                          # no response at all
+        Reply(delay=3)                            # slow first byte
+        Reply(stream=True, drop_after_events=2)   # stream cut after two events
+        Reply(stream=True, stall_after_events=2)  # stream stall
+        Reply(events=[chunk("Hi"), MALFORMED, DONE])  # malformed chunk mid-stream
+        Reply(events=[chunk("Hi"), chunk(finish_reason="stop")])  # no [DONE]
     """
 
     status: int = 200
@@ -67,6 +101,62 @@ class Reply:
     drop_after_events: int | None = None
     stall_after_events: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False
+
+
+#: What ``FakeProvider.script`` holds: computes the reply to one request.
+Script = Callable[[RecordedRequest], Reply]
+
+#: The event that ends a complete OpenAI stream.
+DONE = b"data: [DONE]\n\n"
+#: A chat chunk event cut off in the middle of its JSON.
+MALFORMED = b'data: {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [{\n\n'
+
+
+def sse(data: Any) -> bytes:
+    """One SSE event: ``data`` as is if bytes or str, else as JSON."""
+    if isinstance(data, str):
+        data = data.encode()
+    elif not isinstance(data, bytes):
+        data = orjson.dumps(data)
+    return b"data: " + data + b"\n\n"
+
+
+def chunk(content: str | None = None, *, finish_reason: str | None = None,
+          model: str = "fake-model") -> bytes:
+    """One OpenAI ``chat.completion.chunk`` event carrying ``content`` (or only a
+    ``finish_reason``), for hand-written streams: ``Reply(events=[chunk("Hi"), DONE])``."""
+    delta = {"content": content} if content is not None else {}
+    return sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+
+
+def cycle(*replies: Reply) -> Script:
+    """A script answering with ``replies`` in turn, forever: a flapping provider is
+    ``cycle(Reply(status=500), Reply())``."""
+    turn = itertools.cycle(replies)
+    return lambda request: next(turn)
+
+
+def at_random(rate: float, failures: Sequence[Reply], *, seed: int = 0,
+              ok: Reply | None = None) -> Script:
+    """A script failing ``rate`` of the requests (0..1) at random, with one of
+    ``failures`` picked at random, and answering the others with ``ok`` (default: a
+    normal answer).  ``seed`` makes the sequence of choices repeatable."""
+    rng = random.Random(seed)
+    good = ok if ok is not None else Reply()
+    return lambda request: rng.choice(failures) if rng.random() < rate else good
+
+
+def _reset(transport: Any) -> None:
+    """Abort the connection with an RST: SO_LINGER 0, then close without a goodbye."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _prompt(req: Any) -> str:
@@ -87,6 +177,8 @@ class FakeProvider:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.default = Reply()
+        #: Computes the reply to each request that finds the queue empty (else ``default``).
+        self.script: Script | None = None
         self._queue: deque[Reply] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -105,9 +197,16 @@ class FakeProvider:
         with self._lock:
             self._queue.extend(replies)
 
-    def _next(self) -> Reply:
+    def _next(self, request: RecordedRequest | None = None) -> Reply:
+        """The reply to ``request``: queued, else scripted, else the default (a caller
+        that passes no request, such as an older subclass, skips the script)."""
         with self._lock:
-            return self._queue.popleft() if self._queue else self.default
+            if self._queue:
+                return self._queue.popleft()
+        script = self.script
+        if script is not None and request is not None:
+            return script(request)
+        return self.default
 
     @property
     def base_url(self) -> str:
@@ -161,15 +260,26 @@ class FakeProvider:
 
     # -- answering --------------------------------------------------------------------
 
-    async def _handle(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def _receive(self, request: Any) -> tuple[RecordedRequest, Reply]:
+        """Read and record one request and choose its reply (queue, script, default);
+        a ``reset`` reply is carried out here.  Shared by fakes of other providers."""
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         rec = RecordedRequest(request.method, request.path, dict(request.headers), body,
-                              (peer[0], peer[1]) if peer else None)
+                              (peer[0], peer[1]) if peer else None, time.monotonic())
         self.requests.append(rec)
-        reply = self._next()
+        reply = rec.reply = self._next(rec)
+        if reply.reset:
+            _reset(request.transport)
+        return rec, reply
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        rec, reply = await self._receive(request)
+        if reply.reset:
+            return web.Response()  # never sent: the connection is gone
+        body = rec.body
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:

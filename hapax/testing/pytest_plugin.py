@@ -3,6 +3,9 @@ point, so they are available as soon as Hapax is installed).
 
 ``fake_provider``
     a started :class:`~hapax.testing.fake_provider.FakeProvider`.
+``fake_anthropic``
+    a started :class:`~hapax.testing.fake_anthropic.FakeAnthropic` (Anthropic's
+    Messages API).
 ``hapax_gateway``
     a factory: ``hapax_gateway(config_dict_or_Config, plugins=[("name", obj)])`` returns
     a started :class:`~hapax.testing.GatewayThread`; every gateway is stopped at the
@@ -24,6 +27,14 @@ def fake_provider() -> Iterator[Any]:
     from hapax.testing.fake_provider import FakeProvider
 
     with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_anthropic() -> Iterator[Any]:
+    from hapax.testing.fake_anthropic import FakeAnthropic
+
+    with FakeAnthropic() as fake:
         yield fake
 
 
