@@ -67,6 +67,19 @@ class _Sink:
             self.fd = -1
 
 
+#: One sink per path for the whole process: a configuration reload builds a new gateway
+#: (and a new instance of this plugin) while the old one finishes its requests; both
+#: write through the same descriptor and buffer, and no descriptor is left behind.
+_SINKS: dict[str, _Sink] = {}
+
+
+def _sink(path: str) -> _Sink:
+    sink = _SINKS.get(path)
+    if sink is None:
+        sink = _SINKS[path] = _Sink(path)
+    return sink
+
+
 _last_sec = -1
 _last_text = ""
 
@@ -114,8 +127,8 @@ class Plugin:
         cfg = config.server.access_log
         self.format = cfg.format
         if self.sink is not None:
-            self.sink.close()
-        self.sink = None if cfg.format == "off" else _Sink(cfg.path)
+            self.sink.flush()
+        self.sink = None if cfg.format == "off" else _sink(cfg.path)
 
     def hapax_after_response(self, exchange: Any) -> None:
         if self.sink is None:

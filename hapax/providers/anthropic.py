@@ -19,15 +19,13 @@ import orjson
 from hapax import __version__
 from hapax._core.sse import SSEDecoder, event_data
 from hapax.errors import BadRequest, UpstreamError
-from hapax.providers.openai import OpenAIProvider, UpstreamStatusError, error_message
+from hapax.providers.openai import OpenAIProvider, error_message
 from hapax.providers.upstream import UpstreamResponse
 from hapax.translate.anthropic import anthropic_error_body
-from hapax.types import Response, StreamResponse
 
 if TYPE_CHECKING:
     from hapax.config import ProviderConfig
     from hapax.pipeline.exchange import Exchange
-    from hapax.types import Attempt
 
 __all__ = ["AnthropicProvider", "DEFAULT_BASE_URL"]
 
@@ -35,15 +33,6 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 #: The one operation Anthropic's API serves (the gateway's name for it).
 _CHAT = "chat/completions"
-#: Back-off advice relayed with a 4xx, so the client's SDK waits as the provider asks.
-_RETRY_HEADERS = (b"retry-after", b"retry-after-ms")
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
 
 
 class AnthropicProvider(OpenAIProvider):
@@ -71,49 +60,26 @@ class AnthropicProvider(OpenAIProvider):
         self._head = f"POST {url.path}/v1/messages HTTP/1.1\r\n".encode() + b"".join(
             n + b": " + v + b"\r\n" for n, v in common)
 
-    async def send(self, exchange: Exchange, attempt: Attempt, endpoint: str,
-                   body: bytes) -> Response | StreamResponse:
-        """Send an Anthropic Messages request; ``endpoint`` must be the chat operation."""
+    request_id_header = b"request-id"
+    ratelimit_prefix = b"anthropic-ratelimit-"
+
+    def _request_head(self, exchange: Exchange, endpoint: str) -> bytes:
+        """The Messages request head; the client's ``anthropic-beta`` is forwarded.
+        ``endpoint`` must be the chat operation (no embeddings at Anthropic)."""
         if endpoint != _CHAT:
             raise BadRequest(f"provider {self.name!r} (kind anthropic) cannot serve "
                              f"{endpoint}: route this model to an OpenAI-compatible provider",
                              code="unsupported_endpoint")
-        head = self._head
         beta = exchange.headers.get("anthropic-beta")
         if beta:
-            head += b"anthropic-beta: " + beta.encode("latin-1", "replace") + b"\r\n"
-        if attempt.headers:
-            head += b"".join(n + b": " + v + b"\r\n" for n, v in attempt.headers)
-        if exchange.stream:
-            head += b"accept: text/event-stream\r\n"
-        assert self.pool is not None, "provider not started"
-        resp = await self.pool.request(b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body))
-        status = resp.status
-        headers = [(b"content-type", _header(resp.headers, b"content-type")
-                    or b"application/json")]
-        upstream_id = _header(resp.headers, b"request-id")
-        if upstream_id:
-            headers.append((b"x-upstream-request-id", upstream_id))
-        if status >= 400:
-            headers += [(n, v) for n, v in resp.headers
-                        if n in _RETRY_HEADERS or n.startswith(b"anthropic-ratelimit-")]
-        if 200 <= status < 300 and exchange.stream:
-            if headers[0][1].startswith(b"text/event-stream"):
-                return StreamResponse(status, self._events(resp), headers, close=resp.close)
-        try:
-            data = await resp.read()
-        except BaseException:
-            resp.close()
-            raise
-        # 5xx (529 "overloaded" included): retried, then failed over, by the executor.
-        if status >= 500 or status < 200 or 300 <= status < 400:
-            raise UpstreamStatusError(f"provider {self.name!r} answered {status}: "
-                                      f"{error_message(data)}", status,
-                                      [(n, v) for n, v in resp.headers if n in _RETRY_HEADERS])
-        if status >= 400 and not data.lstrip().startswith(b"{"):
-            data = anthropic_error_body(status, error_message(data))
-            headers[0] = (b"content-type", b"application/json")
-        return Response(status, data, headers)
+            return self._head + b"anthropic-beta: " + beta.encode("latin-1", "replace") + b"\r\n"
+        return self._head
+
+    def _stream(self, resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
+        return self._events(resp)
+
+    def _error_body(self, status: int, data: bytes) -> bytes:
+        return anthropic_error_body(status, error_message(data))
 
     async def _events(self, resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
         """Complete SSE events, a list per upstream read.  The stream must end with

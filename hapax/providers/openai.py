@@ -123,9 +123,27 @@ class OpenAIProvider(Provider):
             return {}
         return {"open": self.pool.open_connections, "idle": self.pool.idle_connections}
 
+    #: The provider's own request id header (relayed as ``x-upstream-request-id``) and the
+    #: prefix of its rate-limit headers (relayed with a 4xx, with ``retry-after``).
+    request_id_header = b"x-request-id"
+    ratelimit_prefix = b"x-ratelimit-"
+
+    def _request_head(self, exchange: Exchange, endpoint: str) -> bytes:
+        """Request line and constant headers for ``endpoint``."""
+        return self._heads[endpoint]
+
+    def _stream(self, resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
+        """The checked events of a streamed answer."""
+        return _relay(resp, self.name)
+
+    def _error_body(self, status: int, data: bytes) -> bytes:
+        """An error body that is not JSON, put in the provider's own error envelope."""
+        return orjson.dumps({"error": {"message": error_message(data), "type":
+                             "invalid_request_error", "code": None, "param": None}})
+
     async def send(self, exchange: Exchange, attempt: Attempt, endpoint: str,
                    body: bytes) -> Response | StreamResponse:
-        head = self._heads[endpoint]
+        head = self._request_head(exchange, endpoint)
         if attempt.headers:
             head += b"".join(n + b": " + v + b"\r\n" for n, v in attempt.headers)
         if exchange.stream:
@@ -135,18 +153,17 @@ class OpenAIProvider(Provider):
         status = resp.status
         headers = [(b"content-type", _header(resp.headers, b"content-type")
                     or b"application/json")]
-        upstream_id = _header(resp.headers, b"x-request-id")
+        upstream_id = _header(resp.headers, self.request_id_header)
         if upstream_id:
             headers.append((b"x-upstream-request-id", upstream_id))
         if status >= 400:
             # A provider's back-off advice reaches the client (SDKs honour it).
             headers += [(n, v) for n, v in resp.headers
-                        if n in _RETRY_HEADERS or n.startswith(b"x-ratelimit-")]
+                        if n in _RETRY_HEADERS or n.startswith(self.ratelimit_prefix)]
         if 200 <= status < 300 and exchange.stream:
             ctype = headers[0][1]
             if ctype.startswith(b"text/event-stream"):
-                return StreamResponse(status, _relay(resp, self.name), headers,
-                                      close=resp.close)
+                return StreamResponse(status, self._stream(resp), headers, close=resp.close)
             # The provider answered a streamed request with one body: pass it on as is.
         try:
             data = await resp.read()
@@ -158,8 +175,7 @@ class OpenAIProvider(Provider):
                                       f"{error_message(data)}", status,
                                       [(n, v) for n, v in resp.headers if n in _RETRY_HEADERS])
         if status >= 400 and not data.lstrip().startswith(b"{"):
-            data = orjson.dumps({"error": {"message": error_message(data), "type":
-                                 "invalid_request_error", "code": None, "param": None}})
+            data = self._error_body(status, data)
             headers[0] = (b"content-type", b"application/json")
         return Response(status, data, headers)
 
