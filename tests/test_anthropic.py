@@ -9,7 +9,7 @@ import http.client
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ import anthropic
 import openai
 import orjson
 import pytest
+from helpers import HELLO, GatewayFactory, track, wait_for
+from helpers import client as openai_client
 
 from hapax.builtins.ratelimit import estimate_tokens
 from hapax.config import from_dict
@@ -32,8 +34,6 @@ from hapax.testing.fake_anthropic import (
 )
 from hapax.testing.fake_provider import FakeProvider, Reply
 
-GatewayFactory = Callable[..., GatewayThread]
-HELLO = [{"role": "user", "content": "hello"}]
 PROVIDER_KEY = "sk-ant-provider-secret-0123456789"
 GATEWAY_KEY = "hpx-test-key"
 WEATHER = {"name": "get_weather", "description": "The weather in a city.",
@@ -42,12 +42,6 @@ WEATHER = {"name": "get_weather", "description": "The weather in a city.",
 OPENAI_WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": WEATHER["input_schema"]}}
-
-
-@pytest.fixture
-def fake_anthropic() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -62,28 +56,14 @@ def _no_sdk_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
 
 
-_clients: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()  # an unclosed SDK client leaks its sockets
-
-
 def claude(gw: GatewayThread, key: str = GATEWAY_KEY) -> anthropic.Anthropic:
     """The Anthropic SDK, sending the key as `x-api-key` (what Anthropic's API expects)."""
-    c = anthropic.Anthropic(base_url=gw.url, api_key=None, default_headers={"x-api-key": key},
-                            max_retries=0)
-    _clients.append(c)
-    return c
+    return track(anthropic.Anthropic(base_url=gw.url, api_key=None,
+                                     default_headers={"x-api-key": key}, max_retries=0))
 
 
 def gpt(gw: GatewayThread) -> openai.OpenAI:
-    c = openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY, max_retries=0)
-    _clients.append(c)
-    return c
+    return openai_client(gw, api_key=GATEWAY_KEY)
 
 
 def post(gw: GatewayThread, path: str, body: dict[str, Any] | None = None,
@@ -141,9 +121,7 @@ def token_counts(gw: GatewayThread, alias: str, provider: str) -> tuple[float, f
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and value("completion") == 0:
-        time.sleep(0.02)
+    wait_for(lambda: value("completion") != 0, timeout=5)
     return value("prompt"), value("completion")
 
 
@@ -273,8 +251,7 @@ def test_gateway_errors_use_anthropics_envelope(native: GatewayThread) -> None:
 
 
 def test_bearer_key_is_accepted_too(native: GatewayThread) -> None:
-    c = anthropic.Anthropic(base_url=native.url, api_key=GATEWAY_KEY, max_retries=0)
-    _clients.append(c)
+    c = track(anthropic.Anthropic(base_url=native.url, api_key=GATEWAY_KEY, max_retries=0))
     assert c.messages.create(model="claude", max_tokens=5, messages=HELLO).content
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import queue
 import random
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import openai
 import pytest
+from helpers import HELLO, GatewayFactory, chat, client, wait_for
 
 from hapax.builtins.routing import Group
 from hapax.config import from_dict
@@ -20,9 +19,6 @@ from hapax.errors import ConfigError
 from hapax.testing import GatewayThread
 from hapax.testing.fake_provider import FakeProvider, Reply
 from hapax.types import Target
-
-HELLO = [{"role": "user", "content": "hello"}]
-GatewayFactory = Callable[..., GatewayThread]
 
 
 @pytest.fixture
@@ -45,22 +41,9 @@ def group_config(fakes: list[FakeProvider], members: list[dict[str, Any]], balan
     }
 
 
-_clients: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def chat(gw: GatewayThread, model: str = "m") -> str:
+def served_by(gw: GatewayThread, model: str = "m") -> str:
     """The provider that served one request."""
-    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
-    _clients.append(c)
-    raw = c.chat.completions.with_raw_response.create(model=model, messages=HELLO)
-    return str(raw.headers["x-hapax-provider"])
+    return str(chat(gw, model).headers["x-hapax-provider"])
 
 
 def test_weighted_distribution_matches_the_weights_exactly(hapax_gateway: GatewayFactory,
@@ -68,7 +51,7 @@ def test_weighted_distribution_matches_the_weights_exactly(hapax_gateway: Gatewa
     gw = hapax_gateway(group_config(fakes, [{"provider": "a", "weight": 3},
                                             {"provider": "b", "model": "m-b", "weight": 1}],
                                     "weighted"))
-    served = [chat(gw) for _ in range(40)]
+    served = [served_by(gw) for _ in range(40)]
     assert served.count("a") == 30 and served.count("b") == 10
     assert served[:4] == ["a", "a", "b", "a"]  # smooth: spread out, not a,a,a,b
     assert {r.json["model"] for r in fakes[1].requests} == {"m-b"}
@@ -90,15 +73,12 @@ def test_least_outstanding_sends_to_the_idle_member(hapax_gateway: GatewayFactor
     gw = hapax_gateway(group_config(fakes, [{"provider": "a"}, {"provider": "b"}],
                                     "least_outstanding"))
     slow: list[str] = []
-    worker = threading.Thread(target=lambda: slow.append(chat(gw)))
+    worker = threading.Thread(target=lambda: slow.append(served_by(gw)))
     worker.start()
-    deadline = time.monotonic() + 10
-    while a.active + b.active == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert wait_for(lambda: a.active + b.active > 0)
     busy, idle = (a, b) if a.active else (b, a)
     idle.default = Reply()  # the idle member answers at once from now on
-    served = [chat(gw) for _ in range(5)]
+    served = [served_by(gw) for _ in range(5)]
     worker.join(10)
     idle_name = "a" if idle is a else "b"
     assert served == [idle_name] * 5  # round-robin would have sent some to the busy one
@@ -110,7 +90,7 @@ def test_p2c_prefers_the_faster_member(hapax_gateway: GatewayFactory,
     a, b, _ = fakes
     a.default = Reply(delay=0.15)
     gw = hapax_gateway(group_config(fakes, [{"provider": "a"}, {"provider": "b"}], "p2c"))
-    served = [chat(gw) for _ in range(20)]
+    served = [served_by(gw) for _ in range(20)]
     # Each member is tried once (an unmeasured member wins a tie), then the faster wins.
     assert served.count("a") == 1 and served.count("b") == 19
 
@@ -132,7 +112,7 @@ def test_an_open_member_is_skipped(hapax_gateway: GatewayFactory,
     a.default = Reply(status=500)
     gw = hapax_gateway(group_config(fakes, [{"provider": "a"}, {"provider": "b"}], "weighted",
                                     breaker={"failures": 1, "cooldown": "60s"}))
-    served = [chat(gw) for _ in range(10)]
+    served = [served_by(gw) for _ in range(10)]
     assert served == ["b"] * 10
     assert len(a.requests) == 1  # the first request failed over to b; then a was open
     assert len(b.requests) == 10
@@ -151,7 +131,7 @@ def test_after_the_group_come_the_next_entries(hapax_gateway: GatewayFactory,
     gw = hapax_gateway(group_config(fakes, [{"provider": "a"}, {"provider": "b"}], "weighted",
                                     then=[{"provider": "c", "model": "m-c"}],
                                     breaker="off"), plugins=[("after", After())])
-    assert chat(gw) == "c"
+    assert served_by(gw) == "c"
     ex = seen.get(timeout=10)
     assert sorted(a.target.provider for a in ex.attempts[:2]) == ["a", "b"]
     assert ex.attempts[2].target == Target("c", "m-c")
@@ -163,15 +143,14 @@ def test_catch_all_group_uses_the_clients_alias(hapax_gateway: GatewayFactory,
     gw = hapax_gateway(group_config(fakes, [{"provider": "a", "weight": 1},
                                             {"provider": "b", "weight": 1}],
                                     "weighted", alias="*"))
-    assert sorted([chat(gw, "x-1"), chat(gw, "x-1")]) == ["a", "b"]
+    assert sorted([served_by(gw, "x-1"), served_by(gw, "x-1")]) == ["a", "b"]
     assert fakes[0].requests[0].json["model"] == "x-1"
 
 
 def test_models_lists_balanced_aliases(hapax_gateway: GatewayFactory,
                                        fakes: list[FakeProvider]) -> None:
     gw = hapax_gateway(group_config(fakes, [{"provider": "a"}], "p2c"))
-    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
-    _clients.append(c)
+    c = client(gw)
     assert [m.id for m in c.models.list()] == ["m"]
 
 
@@ -213,19 +192,15 @@ def test_a_stream_is_outstanding_until_it_ends(hapax_gateway: GatewayFactory,
     gw = hapax_gateway(group_config(fakes, [{"provider": "a"}, {"provider": "b"}],
                                     "least_outstanding"))
     health = gw.gateway.health
-    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
-    _clients.append(c)
+    c = client(gw)
     stream = c.chat.completions.create(model="m", messages=HELLO, stream=True)
     next(iter(stream))  # the stream has started
     busy = "a" if a.requests else "b"
     assert health.get(Target(busy, "m")).outstanding == 1
-    assert chat(gw) != busy  # least_outstanding sees the stream in flight
+    assert served_by(gw) != busy  # least_outstanding sees the stream in flight
     assert [chunk for chunk in stream]  # read to the end
     stream.close()
-    deadline = time.monotonic() + 5
-    while health.get(Target(busy, "m")).outstanding:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert wait_for(lambda: not health.get(Target(busy, "m")).outstanding, timeout=5)
 
 
 def test_a_deduplicated_follower_is_not_counted_twice(hapax_gateway: GatewayFactory,
@@ -236,7 +211,7 @@ def test_a_deduplicated_follower_is_not_counted_twice(hapax_gateway: GatewayFact
     cfg["models"]["m"]["dedup"] = "always"
     gw = hapax_gateway(cfg)
     with ThreadPoolExecutor(3) as pool:
-        assert list(pool.map(lambda _: chat(gw), range(3))) == ["a"] * 3
+        assert list(pool.map(lambda _: served_by(gw), range(3))) == ["a"] * 3
     assert len(a.requests) == 1
     text = gw.gateway.metrics.render().decode()
     assert 'hapax_upstream_attempts_total{outcome="success",provider="a"} 1.0' in text

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
 import pytest
+from helpers import GatewayFactory, chat, closed_port, two_targets, wait_for
 
 from hapax.config import from_dict
 from hapax.errors import ConfigError
@@ -23,45 +22,13 @@ from hapax.testing import GatewayThread
 from hapax.testing.fake_provider import FakeProvider, Reply
 from hapax.types import Target
 
-HELLO = [{"role": "user", "content": "hello"}]
-GatewayFactory = Callable[..., GatewayThread]
-
-
-@pytest.fixture
-def second() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
 
 def config(primary: str, secondary: str, breaker: Any = None, *,
            primary_extra: dict[str, Any] | None = None, **model: Any) -> dict[str, Any]:
     """Model ``m``: primary then secondary, no retries (one attempt per target)."""
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
-        "providers": {
-            "primary": {"kind": "openai", "base_url": primary, "api_key": "sk-secret-primary",
-                        **({"breaker": breaker} if breaker is not None else {}),
-                        **(primary_extra or {})},
-            "secondary": {"kind": "openai", "base_url": secondary}},
-        "models": {"m": {"targets": [{"provider": "primary"}, {"provider": "secondary"}],
-                         "dedup": "off", "retries": 0, **model}},
-    }
-
-
-_clients: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def chat(gw: GatewayThread) -> Any:
-    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
-    _clients.append(c)
-    return c.chat.completions.with_raw_response.create(model="m", messages=HELLO)
+    return two_targets(primary, secondary, provider={
+        "api_key": "sk-secret-primary", **({"breaker": breaker} if breaker is not None else {}),
+        **(primary_extra or {})}, **{"retries": 0, **model})
 
 
 def posts(fake: FakeProvider) -> int:
@@ -78,20 +45,6 @@ def admin_health(gw: GatewayThread) -> dict[str, Any]:
     with urllib.request.urlopen(gw.url + "/admin/health", timeout=10) as resp:
         assert resp.headers["content-type"] == "application/json"
         return dict(json.loads(resp.read()))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_opens_after_consecutive_failures_and_skips_the_target(
@@ -276,7 +229,7 @@ def test_active_probe_opens_a_dead_provider(hapax_gateway: GatewayFactory,
                               primary_extra={"health_check": {"interval": "50ms",
                                                               "timeout": "1s"}}))
     th = gw.gateway.health.get(Target("primary", "m"))
-    wait_for(lambda: th.state == OPEN)  # without a single request
+    assert wait_for(lambda: th.state == OPEN)  # without a single request
     assert chat(gw).headers["x-hapax-provider"] == "secondary"
     target = admin_health(gw)["models"]["m"]["targets"][0]
     assert target["breaker"] == "open"
@@ -293,12 +246,12 @@ def test_active_probe_half_opens_a_recovered_provider(hapax_gateway: GatewayFact
                               {"failures": 1, "cooldown": "60s"},
                               primary_extra={"health_check": {"interval": "50ms"}}))
     th = gw.gateway.health.get(Target("primary", "m"))
-    wait_for(lambda: th.state == OPEN)
+    assert wait_for(lambda: th.state == OPEN)
     probe = next(r for r in fake_provider.requests if r.method == "GET")
     assert probe.path == "/v1/models"
     assert probe.headers["Authorization"] == "Bearer sk-secret-primary"
     fake_provider.default = Reply()  # recovered: long before the 60 s cooldown
-    wait_for(lambda: th.state == HALF_OPEN)
+    assert wait_for(lambda: th.state == HALF_OPEN)
     assert chat(gw).headers["x-hapax-provider"] == "primary"  # traffic confirms it
     assert th.state == CLOSED
     assert admin_health(gw)["models"]["m"]["targets"][0]["probe"]["healthy"] is True

@@ -17,6 +17,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from helpers import wait_for
 
 from hapax.testing import GatewayThread, config_for
 from hapax.testing.fake_provider import FakeProvider, Reply
@@ -73,15 +74,6 @@ def concurrently(gw: GatewayThread, bodies: list[dict[str, Any]], *,
                 for i, b in enumerate(bodies)))
 
     return asyncio.run(main())
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def waiters(gw: GatewayThread) -> int:

@@ -3,61 +3,12 @@ client (its own retries off), two fake providers as a model's two targets."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import openai
 import pytest
+from helpers import HELLO, GatewayFactory, chat, client, closed_port, two_targets
 
 from hapax.pipeline.executor import RetryBudget
-from hapax.testing import GatewayThread
 from hapax.testing.fake_provider import FakeProvider, Reply
-
-HELLO = [{"role": "user", "content": "hello"}]
-GatewayFactory = Callable[..., GatewayThread]
-
-
-@pytest.fixture
-def second() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
-def two_targets(primary: str, secondary: str, **model: Any) -> dict[str, Any]:
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
-        "providers": {"primary": {"kind": "openai", "base_url": primary},
-                      "secondary": {"kind": "openai", "base_url": secondary}},
-        "models": {"m": {"targets": [{"provider": "primary"}, {"provider": "secondary"}],
-                         "dedup": "off", **model}},
-    }
-
-
-_clients: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()  # an unclosed SDK client leaks its sockets
-
-
-def client(gw: GatewayThread) -> openai.OpenAI:
-    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
-    _clients.append(c)
-    return c
-
-
-def chat(gw: GatewayThread) -> Any:
-    return client(gw).chat.completions.with_raw_response.create(model="m", messages=HELLO)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_500_is_retried_on_the_same_target(hapax_gateway: GatewayFactory,

@@ -12,7 +12,6 @@ The SDKs' own retries are off, so every retry seen is the gateway's.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import httpx2
 import openai
 import pytest
 from anthropic.types import RawContentBlockDeltaEvent, TextDelta
+from helpers import HELLO, GatewayFactory, closed_port, two_targets, wait_for
 from openai.types.chat import ChatCompletionChunk
 
 from hapax.testing import GatewayThread
@@ -38,9 +38,6 @@ from hapax.testing.fake_provider import (
     cycle,
 )
 
-GatewayFactory = Callable[..., GatewayThread]
-HELLO: Any = [{"role": "user", "content": "hello"}]
-
 #: The stream both fakes send in the stream tests: "Hello, world" in three chunks.
 STREAM = [chunk("Hello"), chunk(", wor"), chunk("ld"), chunk(finish_reason="stop"), DONE]
 
@@ -51,42 +48,7 @@ CONTEXT_LENGTH = {"error": {"message": CONTEXT_LENGTH_MESSAGE, "type": "invalid_
                             "param": "messages", "code": "context_length_exceeded"}}
 
 
-# -- the gateway and its upstreams ------------------------------------------------------
-
-@pytest.fixture
-def primary() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
-@pytest.fixture
-def secondary() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
-def two_targets(primary: str, secondary: str, *, timeouts: dict[str, str] | None = None,
-                **model: Any) -> dict[str, Any]:
-    """Model ``m``: the provider at ``primary`` first (with these ``timeouts``), then the
-    one at ``secondary``."""
-    first: dict[str, Any] = {"kind": "openai", "base_url": primary}
-    if timeouts:
-        first["timeouts"] = timeouts
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
-        "providers": {"primary": first,
-                      "secondary": {"kind": "openai", "base_url": secondary}},
-        "models": {"m": {"targets": [{"provider": "primary"}, {"provider": "secondary"}],
-                         "dedup": "off", **model}},
-    }
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on: connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+# -- what the upstreams received and the gateway counted ------------------------------
 
 def prompts(fake: FakeProvider) -> list[str]:
     """The last user message of every request the fake received."""
@@ -111,14 +73,6 @@ def metric(gw: GatewayThread, name: str, **labels: str) -> float:
         if family == name and set(filter(None, rest.rstrip("}").split(","))) == want:
             return float(value)
     return 0.0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; its last value."""
-    end = time.monotonic() + timeout
-    while not condition() and time.monotonic() < end:
-        time.sleep(0.02)
-    return condition()
 
 
 # -- the two client columns ----------------------------------------------------------------
@@ -425,7 +379,7 @@ def test_no_response_fails_over_after_the_first_byte_timeout(
     assert time.monotonic() - started < 4.5  # 0.5 s, with a wide margin: not the hang
     assert answer.provider == "secondary"
     assert len(primary.requests) == 1
-    assert wait_for(lambda: primary.disconnects == 1)  # the gateway hung up on it
+    assert wait_for(lambda: primary.disconnects == 1, timeout=5)  # the gateway hung up on it
     assert prompts(secondary) == ["hello"]
 
 
@@ -507,7 +461,7 @@ def test_stream_stall_ends_with_an_error_event_after_idle(hapax_gateway: Gateway
     if front.name == "openai":
         assert front.error(streamed.error)["code"] == "upstream_timeout"  # type: ignore[arg-type]
     assert len(primary.requests) == 1
-    assert wait_for(lambda: primary.disconnects == 1)  # the stalled upstream was closed
+    assert wait_for(lambda: primary.disconnects == 1, timeout=5)  # the stalled upstream was closed
     assert secondary.requests == []
 
 

@@ -15,49 +15,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 import pytest
+from helpers import GatewayFactory, two_targets
 
 from hapax.testing import GatewayThread
 from hapax.testing.fake_provider import FakeProvider, RecordedRequest, Reply, at_random
 
 pytestmark = pytest.mark.slow
 
-GatewayFactory = Callable[..., GatewayThread]
-
 #: How long the clients keep sending, per test (the file must stay under ~35 s).
 RANDOM_FAILURES_SECONDS = 18.0
 HANGING_PRIMARY_SECONDS = 7.0
-
-
-@pytest.fixture
-def primary() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
-@pytest.fixture
-def secondary() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
-def two_targets(primary: str, secondary: str, *, provider: dict[str, Any] | None = None,
-                **model: Any) -> dict[str, Any]:
-    """Model ``m``: the provider at ``primary`` (with the extra ``provider`` settings)
-    first, then the one at ``secondary``."""
-    first: dict[str, Any] = {"kind": "openai", "base_url": primary, **(provider or {})}
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
-        "providers": {"primary": first,
-                      "secondary": {"kind": "openai", "base_url": secondary}},
-        "models": {"m": {"targets": [{"provider": "primary"}, {"provider": "secondary"}],
-                         "dedup": "off", **model}},
-    }
 
 
 @dataclass

@@ -11,91 +11,47 @@ retries off) and a raw HTTP client where the bytes of a stream matter; providers
 from __future__ import annotations
 
 import asyncio
-import http.client
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from typing import Any
 
 import openai
 import orjson
 import pytest
+from helpers import (
+    HELLO,
+    GatewayFactory,
+    RawServer,
+    client,
+    post,
+    two_targets,
+    wait_for,
+    with_provider,
+)
 
 from hapax.config import from_dict
 from hapax.errors import UpstreamTimeout
 from hapax.pipeline.executor import retry_after
 from hapax.providers.upstream import UpstreamPool
-from hapax.testing import GatewayThread, config_for
-from hapax.testing.fake_provider import FakeProvider, Reply
-
-HELLO = [{"role": "user", "content": "hello"}]
-GatewayFactory = Callable[..., GatewayThread]
-
-_clients: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()  # an unclosed SDK client leaks its sockets
-
-
-@pytest.fixture
-def second() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
-def client(gw: GatewayThread, **headers: str) -> openai.OpenAI:
-    c = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0,
-                      default_headers=headers or None)
-    _clients.append(c)
-    return c
+from hapax.testing import GatewayThread
+from hapax.testing.fake_provider import DONE, FakeProvider, Reply, chunk
 
 
 def one_target(base_url: str, timeouts: dict[str, str] | None = None,
                **model: Any) -> dict[str, Any]:
     """Model ``m`` served by provider ``fake`` at ``base_url`` (no retries by default)."""
-    cfg = config_for(base_url, models=["m"], providers={
-        "fake": {"kind": "openai", "base_url": base_url, "timeouts": timeouts or {}}})
+    cfg = with_provider(base_url, timeouts=timeouts or {})
     cfg["models"]["m"].update(model)
     return cfg
-
-
-def two_targets(primary: str, secondary: str, timeouts: dict[str, str] | None = None,
-                **model: Any) -> dict[str, Any]:
-    """Model ``m``: provider ``primary`` (with ``timeouts``), failing over to ``secondary``."""
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": {"format": "off"}},
-        "providers": {"primary": {"kind": "openai", "base_url": primary,
-                                  "timeouts": timeouts or {}},
-                      "secondary": {"kind": "openai", "base_url": secondary}},
-        "models": {"m": {"targets": [{"provider": "primary"}, {"provider": "secondary"}],
-                         "dedup": "off", "retries": 0, **model}},
-    }
-
-
-def post(gw: GatewayThread, payload: dict[str, Any],
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One raw POST to the chat endpoint: status, headers, whole body (a stream's bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
-    try:
-        conn.request("POST", "/v1/chat/completions", body=orjson.dumps(payload),
-                     headers={"content-type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def stream(gw: GatewayThread, headers: dict[str, str] | None = None
            ) -> tuple[list[bytes], dict[str, Any] | None]:
     """A streamed chat request for ``m``: its events' data, and the error of the in-band
     error event that ended it (None if it ended with ``[DONE]``)."""
-    status, _, body = post(gw, {"model": "m", "messages": HELLO, "stream": True}, headers)
+    status, _, body = post(gw, {"model": "m", "messages": HELLO, "stream": True},
+                           headers=headers)
     assert status == 200
     data = [e.removeprefix(b"data: ") for e in body.split(b"\n\n") if e.strip()]
     if data and data[-1] == b"[DONE]":
@@ -119,43 +75,14 @@ def error_of(exc: openai.APIStatusError) -> dict[str, Any]:
     return body
 
 
-def ev(content: str | None = None, finish: str | None = None) -> bytes:
-    """One OpenAI chat chunk event."""
-    delta = {"content": content} if content is not None else {}
-    return b"data: " + orjson.dumps({
-        "id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1, "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+GOOD = [chunk("Hel"), chunk("lo"), chunk(finish_reason="stop"), DONE]
 
 
-DONE = b"data: [DONE]\n\n"
-GOOD = [ev("Hel"), ev("lo"), ev(finish="stop"), DONE]
-
-
-class SilentServer:
+def silent_server() -> RawServer:
     """A TCP server on 127.0.0.1 that accepts connections and never says a word (a TLS
-    handshake with it never completes)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._thread.join(5)
-        for conn in self.accepted:
-            conn.close()
+    handshake with it never completes); ``close()`` hangs up."""
+    server = RawServer(lambda conn, n: server.closing.wait())
+    return server
 
 
 class FullBacklog:
@@ -224,7 +151,7 @@ def test_connect_timeout_fails_over(second: FakeProvider, hapax_gateway: Gateway
     backlog = FullBacklog()
     try:
         gw = hapax_gateway(two_targets(f"http://127.0.0.1:{backlog.port}/v1", second.base_url,
-                                       {"connect": "300ms"}))
+                                       timeouts={"connect": "300ms"}, retries=0))
         t0 = time.monotonic()
         answer = client(gw).chat.completions.create(model="m", messages=HELLO)
         assert answer.choices[0].message.content == "Fake answer to: hello"
@@ -236,7 +163,7 @@ def test_connect_timeout_fails_over(second: FakeProvider, hapax_gateway: Gateway
 
 def test_tls_handshake_that_never_ends_is_a_connect_timeout(
         hapax_gateway: GatewayFactory) -> None:
-    silent = SilentServer()
+    silent = silent_server()
     try:
         gw = hapax_gateway(one_target(f"https://127.0.0.1:{silent.port}/v1",
                                       {"connect": "300ms"}))
@@ -249,7 +176,7 @@ def test_tls_handshake_that_never_ends_is_a_connect_timeout(
         assert (err["type"], err["code"]) == ("timeout_error", "upstream_timeout")
         assert "connecting to provider 'fake'" in err["message"]
         assert "0.3s" in err["message"]
-        assert silent.accepted  # the TCP connection was made: the handshake timed out
+        assert silent.connections  # the TCP connection was made: the handshake timed out
     finally:
         silent.close()
 
@@ -277,7 +204,7 @@ def test_first_byte_timeout_fails_over(fake_provider: FakeProvider, second: Fake
                                        hapax_gateway: GatewayFactory) -> None:
     fake_provider.queue(Reply(delay=5))
     gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url,
-                                   {"first_byte": "400ms"}))
+                                   timeouts={"first_byte": "400ms"}, retries=0))
     t0 = time.monotonic()
     answer = client(gw).chat.completions.create(model="m", messages=HELLO)
     assert answer.choices[0].message.content == "Fake answer to: hello"
@@ -303,7 +230,8 @@ def test_first_byte_does_not_bound_a_long_stream(fake_provider: FakeProvider,
 def test_stream_stall_after_the_first_event_is_an_in_band_error(
         fake_provider: FakeProvider, second: FakeProvider, hapax_gateway: GatewayFactory) -> None:
     fake_provider.queue(Reply(chunks=4, stall_after_events=2))
-    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, {"idle": "300ms"}))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url,
+                                   timeouts={"idle": "300ms"}, retries=0))
     t0 = time.monotonic()
     data, error = stream(gw)
     assert time.monotonic() - t0 < 3
@@ -317,7 +245,8 @@ def test_stream_stall_after_the_first_event_is_an_in_band_error(
 def test_stream_stall_before_the_first_event_fails_over(
         fake_provider: FakeProvider, second: FakeProvider, hapax_gateway: GatewayFactory) -> None:
     fake_provider.queue(Reply(stream=True, stall_after_events=0))  # head sent, then silence
-    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, {"idle": "300ms"}))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url,
+                                   timeouts={"idle": "300ms"}, retries=0))
     chunks = list(client(gw).chat.completions.create(model="m", messages=HELLO, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
         "Fake answer to: hello"
@@ -345,7 +274,8 @@ def test_sdk_sees_a_stalled_stream_fail(fake_provider: FakeProvider,
                          ids=["text", "truncated", "array"])
 def test_malformed_event_mid_stream_is_an_in_band_error(
         fake_provider: FakeProvider, hapax_gateway: GatewayFactory, bad: bytes) -> None:
-    fake_provider.queue(Reply(events=[ev("Hel"), ev("lo"), bad, ev(finish="stop"), DONE]))
+    fake_provider.queue(Reply(events=[chunk("Hel"), chunk("lo"), bad, chunk(finish_reason="stop"),
+                                      DONE]))
     gw = hapax_gateway(one_target(fake_provider.base_url))
     data, error = stream(gw)
     assert len(data) == 3
@@ -359,7 +289,7 @@ def test_malformed_event_mid_stream_is_an_in_band_error(
 
 def test_malformed_event_message_is_truncated(fake_provider: FakeProvider,
                                               hapax_gateway: GatewayFactory) -> None:
-    fake_provider.queue(Reply(events=[ev("Hi"), b"data: " + b"x" * 5000 + b"\n\n", DONE]))
+    fake_provider.queue(Reply(events=[chunk("Hi"), b"data: " + b"x" * 5000 + b"\n\n", DONE]))
     gw = hapax_gateway(one_target(fake_provider.base_url))
     _, error = stream(gw)
     assert error is not None and len(error["message"]) < 200
@@ -368,7 +298,7 @@ def test_malformed_event_message_is_truncated(fake_provider: FakeProvider,
 def test_malformed_first_event_fails_over(fake_provider: FakeProvider, second: FakeProvider,
                                           hapax_gateway: GatewayFactory) -> None:
     fake_provider.queue(Reply(events=[b"data: <html>oops</html>\n\n", *GOOD]))
-    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=0))
     data, error = stream(gw)
     assert error is None and content_of(data) == "Fake answer to: hello"
     assert len(fake_provider.requests) == len(second.requests) == 1
@@ -390,7 +320,7 @@ def test_upstream_error_event_ends_the_stream_without_done(
     send [DONE]): the client gets an error event in Hapax's format, and no [DONE]."""
     upstream_error = b'data: {"error": {"message": "The server had an error", "type": ' \
                      b'"server_error", "param": null, "code": null}}\n\n'
-    fake_provider.queue(Reply(events=[ev("Hel"), upstream_error, DONE]))
+    fake_provider.queue(Reply(events=[chunk("Hel"), upstream_error, DONE]))
     gw = hapax_gateway(one_target(fake_provider.base_url))
     data, error = stream(gw)
     assert len(data) == 2
@@ -403,7 +333,7 @@ def test_upstream_error_event_first_fails_over(fake_provider: FakeProvider,
                                                second: FakeProvider,
                                                hapax_gateway: GatewayFactory) -> None:
     fake_provider.queue(Reply(events=[b'event: error\ndata: {"message": "overloaded"}\n\n']))
-    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url))
+    gw = hapax_gateway(two_targets(fake_provider.base_url, second.base_url, retries=0))
     data, error = stream(gw)
     assert error is None and data[-1] == b"[DONE]"
     assert len(second.requests) == 1
@@ -411,8 +341,9 @@ def test_upstream_error_event_first_fails_over(fake_provider: FakeProvider,
 
 def test_events_after_done_are_dropped_and_comments_pass(
         fake_provider: FakeProvider, hapax_gateway: GatewayFactory) -> None:
-    fake_provider.queue(Reply(events=[b": keep-alive\n\n", ev("Hi"), ev(finish="stop"), DONE,
-                                      ev("late"), b"data: junk\n\n"]))
+    fake_provider.queue(Reply(events=[b": keep-alive\n\n", chunk("Hi"),
+                                      chunk(finish_reason="stop"), DONE, chunk("late"),
+                                      b"data: junk\n\n"]))
     gw = hapax_gateway(one_target(fake_provider.base_url))
     status, _, body = post(gw, {"model": "m", "messages": HELLO, "stream": True})
     assert status == 200
@@ -428,7 +359,7 @@ def test_provider_holding_the_stream_open_after_done(fake_provider: FakeProvider
                                                      hapax_gateway: GatewayFactory) -> None:
     """[DONE] arrives, then the provider neither ends the response nor says more: the
     client's stream still ends promptly, complete."""
-    fake_provider.queue(Reply(events=[*GOOD, ev("late")], stall_after_events=len(GOOD)))
+    fake_provider.queue(Reply(events=[*GOOD, chunk("late")], stall_after_events=len(GOOD)))
     gw = hapax_gateway(one_target(fake_provider.base_url))
     t0 = time.monotonic()
     data, error = stream(gw)
@@ -452,32 +383,20 @@ def test_deadline_during_a_slow_answer_is_504(fake_provider: FakeProvider,
     assert (err["type"], err["code"]) == ("timeout_error", "deadline_exceeded")
     assert "deadline of 0.5s" in err["message"]
     # The attempt was cut, not left running: the provider sees the hang-up.
-    end = time.monotonic() + 5
-    while fake_provider.disconnects < 1 and time.monotonic() < end:
-        time.sleep(0.01)
+    wait_for(lambda: fake_provider.disconnects >= 1, timeout=5)
     assert fake_provider.disconnects == 1
 
 
-def test_timeout_header_shortens_the_deadline(fake_provider: FakeProvider,
-                                              hapax_gateway: GatewayFactory) -> None:
+@pytest.mark.parametrize(("model_timeout", "header"), [("60s", "400ms"), ("400ms", "30s")],
+                         ids=["shortens", "cannot-lengthen"])
+def test_timeout_header_can_only_shorten_the_deadline(fake_provider: FakeProvider,
+                                                      hapax_gateway: GatewayFactory,
+                                                      model_timeout: str, header: str) -> None:
     fake_provider.queue(Reply(delay=5))
-    gw = hapax_gateway(one_target(fake_provider.base_url, timeout="60s"))
+    gw = hapax_gateway(one_target(fake_provider.base_url, timeout=model_timeout))
     t0 = time.monotonic()
     with pytest.raises(openai.InternalServerError) as info:
-        client(gw, **{"x-hapax-timeout": "400ms"}).chat.completions.create(
-            model="m", messages=HELLO)
-    assert time.monotonic() - t0 < 3
-    assert error_of(info.value)["code"] == "deadline_exceeded"
-    assert "deadline of 0.4s" in error_of(info.value)["message"]
-
-
-def test_timeout_header_cannot_lengthen_the_deadline(fake_provider: FakeProvider,
-                                                     hapax_gateway: GatewayFactory) -> None:
-    fake_provider.queue(Reply(delay=5))
-    gw = hapax_gateway(one_target(fake_provider.base_url, timeout="400ms"))
-    t0 = time.monotonic()
-    with pytest.raises(openai.InternalServerError) as info:
-        client(gw, **{"x-hapax-timeout": "30s"}).chat.completions.create(
+        client(gw, **{"x-hapax-timeout": header}).chat.completions.create(
             model="m", messages=HELLO)
     assert time.monotonic() - t0 < 3
     assert error_of(info.value)["code"] == "deadline_exceeded"
@@ -488,7 +407,8 @@ def test_timeout_header_cannot_lengthen_the_deadline(fake_provider: FakeProvider
 def test_invalid_timeout_header_is_400(fake_provider: FakeProvider,
                                        hapax_gateway: GatewayFactory, value: str) -> None:
     gw = hapax_gateway(one_target(fake_provider.base_url))
-    status, _, body = post(gw, {"model": "m", "messages": HELLO}, {"x-hapax-timeout": value})
+    status, _, body = post(gw, {"model": "m", "messages": HELLO},
+                           headers={"x-hapax-timeout": value})
     assert status == 400
     err = orjson.loads(body)["error"]
     assert (err["type"], err["code"], err["param"]) == ("invalid_request_error",

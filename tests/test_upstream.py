@@ -3,104 +3,33 @@ what comes back when the provider misbehaves (errors, silence, garbage, hang-ups
 
 from __future__ import annotations
 
-import http.client
 import socket
 import struct
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
 import orjson
 import pytest
+from helpers import (
+    HELLO,
+    GatewayFactory,
+    RawServer,
+    client,
+    closed_port,
+    post,
+    wait_for,
+    with_provider,
+)
 
-from hapax.testing import GatewayThread, config_for
+from hapax.testing import config_for
 from hapax.testing.fake_provider import FakeProvider, Reply
-
-HELLO = [{"role": "user", "content": "hello"}]
-GatewayFactory = Callable[..., GatewayThread]
-
-
-def client(gw: GatewayThread) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
-
-
-def post(gw: GatewayThread, body: bytes, path: str = "/v1/chat/completions",
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One raw POST (no SDK re-serialising the body): status, headers, body."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
-    try:
-        conn.request("POST", path, body=body,
-                     headers={"content-type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def error_of(body: bytes) -> dict[str, Any]:
     err = orjson.loads(body)["error"]
     assert set(err) == {"message", "type", "param", "code"}
     return err  # type: ignore[no-any-return]
-
-
-def wait_for(predicate: Callable[[], bool], deadline: float = 10.0) -> bool:
-    """Poll until ``predicate()`` holds or ``deadline`` seconds pass."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-def with_provider(base_url: str, **provider: Any) -> dict[str, Any]:
-    """A config whose provider ``fake`` (at ``base_url``) has extra settings."""
-    return config_for(base_url, models=["m"], providers={
-        "fake": {"kind": "openai", "base_url": base_url, **provider}})
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RawServer:
-    """A tiny TCP server that runs ``handler(sock, n)`` for the n-th connection (from 0),
-    for providers that do what no real HTTP server library would."""
-
-    def __init__(self, handler: Callable[[socket.socket, int], None]) -> None:
-        self.handler = handler
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            n, self.connections = self.connections, self.connections + 1
-            threading.Thread(target=self._run, args=(conn, n), daemon=True).start()
-
-    def _run(self, conn: socket.socket, n: int) -> None:
-        with conn:
-            try:
-                self.handler(conn, n)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

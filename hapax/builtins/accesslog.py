@@ -23,7 +23,9 @@ class _Sink:
         self.fd = -1  # opened on first write: validating a config opens nothing
         self.own = False
         self.buf: list[bytes] = []
-        self.scheduled = False
+        #: The loop a flush is scheduled on (the sink is shared by the gateways of the
+        #: process: after a reload, or in tests, they may run on different loops).
+        self.scheduled: asyncio.AbstractEventLoop | None = None
 
     def _open(self) -> None:
         if self.path == "-":
@@ -36,22 +38,22 @@ class _Sink:
 
     def write(self, line: bytes) -> None:
         self.buf.append(line)
-        if self.scheduled:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self.scheduled = True
+        if self.scheduled is loop:
+            return
+        self.scheduled = loop
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self.scheduled = False
+        self.scheduled = None
         if not self.buf:
             return
-        data = memoryview(b"".join(self.buf))
-        self.buf.clear()
+        lines, self.buf = self.buf, []
+        data = memoryview(b"".join(lines))
         try:
             if self.fd < 0:
                 self._open()
@@ -67,13 +69,16 @@ class _Sink:
             self.fd = -1
 
 
-#: One sink per path for the whole process: a configuration reload builds a new gateway
+#: One sink per file for the whole process: a configuration reload builds a new gateway
 #: (and a new instance of this plugin) while the old one finishes its requests; both
 #: write through the same descriptor and buffer, and no descriptor is left behind.
+#: Standard output and error are looked up afresh by each sink (nothing to leak).
 _SINKS: dict[str, _Sink] = {}
 
 
 def _sink(path: str) -> _Sink:
+    if path in ("-", "stderr"):
+        return _Sink(path)
     sink = _SINKS.get(path)
     if sink is None:
         sink = _SINKS[path] = _Sink(path)

@@ -146,6 +146,8 @@ class Executor:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.budget = RetryBudget()
+        #: (retries, retry_on, timeout) per model config object (the config is frozen).
+        self._policies: dict[int, tuple[int, frozenset[int], float]] = {}
         metrics = gateway.metrics
         self.retries_total = metrics.add(Counter(
             "hapax_retries_total", "Upstream attempts retried on the same target, by model "
@@ -158,12 +160,17 @@ class Executor:
                   endpoint: str) -> Response | StreamResponse:
         models = self.gateway.config.models
         mc = models.get(plan.alias) or models.get(ex.alias or "")
-        retries = mc.retries if mc is not None else 0
-        retry_on = frozenset(mc.retry_on) if mc is not None else frozenset()
-        timeout = request_timeout(ex, mc.timeout if mc is not None else 600.0)
+        policy = self._policies.get(id(mc))
+        if policy is None:
+            policy = self._policies[id(mc)] = (
+                (mc.retries, frozenset(mc.retry_on), mc.timeout) if mc is not None
+                else (0, frozenset(), 600.0))
+        retries, retry_on, ceiling = policy
+        timeout = request_timeout(ex, ceiling)
         deadline = ex.deadline = ex.started + timeout
         self.budget.note_request()
         health = self.gateway.health
+        deadlines = self.gateway.deadlines
         attempts = ex.attempts
         targets = plan.targets
         last: Response | StreamResponse | UpstreamError | None = None
@@ -179,12 +186,14 @@ class Executor:
                 if ticket == DENIED:  # open breaker: skip the target (or stop retrying it)
                     ex.state.setdefault("skipped", []).append(target)
                     break
-                scope = asyncio.timeout(remaining)
+                # The deadline cancels the attempt (hapax.pipeline.deadlines: one sweep
+                # per worker, cheaper than a timer per attempt).
+                expiry = _Expiry()
+                deadlines.watch(expiry, deadline, expiry)
                 made = len(attempts)
                 reason: int | str
                 try:
-                    async with scope:
-                        resp = await self.gateway._send(ex, plan, target, endpoint)
+                    resp = await self.gateway._send(ex, plan, target, endpoint)
                 except UpstreamError as exc:
                     status = getattr(exc, "upstream_status", None)
                     reason = status or exc.code or "error"
@@ -193,8 +202,9 @@ class Executor:
                         raise  # e.g. 501: a status not configured as retryable
                     last = exc
                     wait = retry_after(getattr(exc, "retry_headers", ()))
-                except TimeoutError:
-                    if scope.expired():  # ours, not a provider's UpstreamTimeout
+                except asyncio.CancelledError:
+                    if expiry.fired and expiry.task.uncancel() == 0:  # ours alone
+                        expiry.fired = False
                         _note_reason(attempts, made, DeadlineExceeded.code)
                         raise _deadline(timeout, last) from None
                     raise
@@ -206,6 +216,9 @@ class Executor:
                     if isinstance(resp, StreamResponse) and resp.close is not None:
                         resp.close()
                 finally:
+                    deadlines.unwatch(expiry)
+                    if expiry.fired:  # fired as the attempt ended: take the cancel back
+                        expiry.task.uncancel()
                     if ticket:
                         health.release(target, ticket)
                 if tries >= retries or not self.budget.try_spend():
@@ -227,6 +240,22 @@ class Executor:
                                code="no_healthy_target",
                                headers=[(b"retry-after", seconds_header(wait))])
         return last
+
+
+class _Expiry:
+    """Cancels the task of an attempt whose request deadline has passed."""
+
+    __slots__ = ("task", "fired")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel("the request's deadline passed")
 
 
 def _note_reason(attempts: list[Attempt], made: int, reason: int | str) -> None:

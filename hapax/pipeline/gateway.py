@@ -36,6 +36,7 @@ from hapax.errors import (
 from hapax.metrics import Gauge, Metrics
 from hapax.node import NodeState
 from hapax.pipeline.admission import build_queues
+from hapax.pipeline.deadlines import Deadlines
 from hapax.pipeline.dedup import Dedup
 from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.executor import Executor
@@ -100,6 +101,8 @@ class Gateway:
         self.dedup = Dedup(self, config)
         #: Retries with backoff and failover across a model's targets.
         self.executor = Executor(self)
+        #: Request deadlines: one periodic sweep for the worker (hapax.pipeline.deadlines).
+        self.deadlines = Deadlines()
         #: Circuit breakers, load and latency of every target; active probes.
         self.health = Health(self)
         self.pm, self.plugin_infos = load_plugins(config, plugins)
@@ -194,6 +197,7 @@ class Gateway:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.dedup.close()
         await self.health.stop()
+        self.deadlines.close()
         for provider in self.providers.values():
             try:
                 await provider.close()
@@ -517,21 +521,22 @@ class Gateway:
 
         A failure once the stream has started ends it with an in-band error event and
         no ``[DONE]``, so the client can never take a cut stream for a complete one.
-        The request's deadline holds for the whole stream: one timer aborts the upstream
-        (``close``) when it passes; without ``close`` it is checked between reads.
+        The request's deadline holds for the whole stream: when it passes, the deadline
+        sweep (hapax.pipeline.deadlines) aborts the upstream (``close``); without
+        ``close`` it is checked between reads.
         """
         deadline = ex.deadline
-        timer: asyncio.TimerHandle | None = None
         expired: list[bool] = []
+        watched = False
         if deadline:
             if close is not None:
-                loop = asyncio.get_running_loop()
 
                 def expire() -> None:
                     expired.append(True)
                     close()
 
-                timer = loop.call_at(loop.time() + (deadline - time.perf_counter()), expire)
+                self.deadlines.watch(ex, deadline, expire)
+                watched = True
             else:
                 deadline = -deadline  # checked by hand below
         transform = self.hooks.transform_chunk
@@ -588,8 +593,8 @@ class Gateway:
                 ex.error = exc.message
             yield [stream_error_event(ex, exc)]
         finally:
-            if timer is not None:
-                timer.cancel()
+            if watched:
+                self.deadlines.unwatch(ex)
             attempt.latency = ex.upstream_time = time.perf_counter() - attempt.started
 
     async def _offer_stream(self, ex: Exchange, events: list[bytes], attempt: Attempt) -> None:

@@ -14,7 +14,6 @@ included); for tool use, answer with :func:`tool_use_message` (``Reply(json=...)
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -73,19 +72,6 @@ def tool_use_events(name: str, tool_input: dict[str, Any], *, model: str = "clau
     return out
 
 
-def _prompt(req: Any) -> str:
-    try:
-        for m in reversed(req["messages"]):
-            if m.get("role") == "user":
-                c = m.get("content")
-                return c if isinstance(c, str) else " ".join(
-                    p.get("text", "") for p in c if isinstance(p, dict)
-                    and p.get("type") == "text")
-    except (KeyError, TypeError, AttributeError):
-        pass
-    return ""
-
-
 class FakeAnthropic(FakeProvider):
     """``with FakeAnthropic() as fake: ... fake.base_url ... fake.requests``"""
 
@@ -93,57 +79,22 @@ class FakeAnthropic(FakeProvider):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _handle(self, request: Any) -> Any:
-        from aiohttp import web
+    def _serves(self, path: str) -> bool:
+        return path == "/v1/messages"
 
-        rec, reply = await self._receive(request)
-        if reply.reset:
-            return web.Response()  # never sent: the connection is gone
-        body = rec.body
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
-        try:
-            if reply.hang:
-                await asyncio.sleep(3600)
-            if reply.delay:
-                await asyncio.sleep(reply.delay)
-            if request.path != "/v1/messages" and reply.status == 200 and reply.json is None \
-                    and reply.body is None:
-                reply = Reply(status=404, json={"type": "error", "error": {
-                    "type": "not_found_error", "message": f"no route {request.path}"}})
-            if reply.body is not None or reply.json is not None or reply.status != 200:
-                data = reply.body if reply.body is not None else orjson.dumps(
-                    reply.json if reply.json is not None else
-                    {"type": "error", "error": {
-                        "type": _ERROR_TYPES.get(reply.status, "api_error"),
-                        "message": f"fake error {reply.status}"}})
-                return web.Response(status=reply.status, body=data, headers=reply.headers,
-                                    content_type=None if "Content-Type" in reply.headers
-                                    else "application/json")
-            req = rec.json if body else {}
-            stream = reply.stream if reply.stream is not None else bool(req.get("stream"))
-            if stream:
-                return await self._stream(request, req, reply)
-            text = self._text(req, reply)
-            return web.json_response(_message(req.get("model"), [{"type": "text",
-                                                                  "text": text}],
-                                              "end_turn", len(text.split())),
-                                     headers=reply.headers)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.disconnects += 1
-            raise
-        finally:
-            self.active -= 1
+    def _error_body(self, status: int, message: str) -> Any:
+        """Anthropic's error envelope, its error type chosen by ``status``."""
+        return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"),
+                                           "message": message}}
 
-    def _text(self, req: Any, reply: Reply) -> str:
-        return reply.content if reply.content is not None else f"Fake answer to: {_prompt(req)}"
+    def _completion(self, req: Any, reply: Reply) -> dict[str, Any]:
+        text = self._text(req, reply)
+        return _message(req.get("model"), [{"type": "text", "text": text}], "end_turn",
+                        len(text.split()))
 
     def _events(self, req: Any, reply: Reply) -> list[bytes]:
-        if reply.events is not None:
-            return reply.events
-        text = self._text(req, reply)
-        size = max(1, -(-len(text) // max(1, reply.chunks)))
-        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        """Anthropic's event sequence for a text answer."""
+        text, pieces = self._pieces(req, reply)
         out = [sse({"type": "message_start",
                     "message": _message(req.get("model"), [], None, 1)}),
                sse({"type": "content_block_start", "index": 0,

@@ -159,13 +159,21 @@ def _reset(transport: Any) -> None:
     transport.abort()
 
 
+def _is_embeddings(path: str) -> bool:
+    """Whether ``path`` is the embeddings endpoint (whose answers are never streamed)."""
+    return path.endswith("/embeddings")
+
+
 def _prompt(req: Any) -> str:
+    """The text of the last user message of an OpenAI or Anthropic request body (its
+    text parts, joined by spaces); empty if there is none."""
     try:
         for m in reversed(req["messages"]):
             if m.get("role") == "user":
                 c = m.get("content")
                 return c if isinstance(c, str) else " ".join(
-                    p.get("text", "") for p in c if isinstance(p, dict))
+                    p.get("text", "") for p in c if isinstance(p, dict)
+                    and p.get("type") == "text")
     except (KeyError, TypeError, AttributeError):
         pass
     return ""
@@ -262,7 +270,7 @@ class FakeProvider:
 
     async def _receive(self, request: Any) -> tuple[RecordedRequest, Reply]:
         """Read and record one request and choose its reply (queue, script, default);
-        a ``reset`` reply is carried out here.  Shared by fakes of other providers."""
+        a ``reset`` reply is carried out here."""
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         rec = RecordedRequest(request.method, request.path, dict(request.headers), body,
@@ -274,12 +282,15 @@ class FakeProvider:
         return rec, reply
 
     async def _handle(self, request: Any) -> Any:
+        """Answer one request: record it, carry out its reply's faults (reset, hang,
+        delay), then send the reply's error or body, or a generated answer (streamed when
+        asked).  Subclasses speak another API by overriding the ``_serves``,
+        ``_error_body``, ``_answer``/``_completion`` and ``_events`` hooks."""
         from aiohttp import web
 
         rec, reply = await self._receive(request)
         if reply.reset:
             return web.Response()  # never sent: the connection is gone
-        body = rec.body
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -287,26 +298,43 @@ class FakeProvider:
                 await asyncio.sleep(3600)
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+            if reply.status == 200 and reply.json is None and reply.body is None \
+                    and not self._serves(request.path):
+                reply = Reply(status=404, json=self._error_body(404, f"no route {request.path}"))
             if reply.body is not None or reply.json is not None or reply.status != 200:
                 data = reply.body if reply.body is not None else orjson.dumps(
                     reply.json if reply.json is not None else
-                    {"error": {"message": f"fake error {reply.status}", "type": "fake",
-                               "code": None, "param": None}})
+                    self._error_body(reply.status, f"fake error {reply.status}"))
                 return web.Response(status=reply.status, body=data, headers=reply.headers,
                                     content_type=None if "Content-Type" in reply.headers
                                     else "application/json")
-            req = rec.json if body else {}
-            if request.path.endswith("/embeddings"):
-                return web.json_response(self._embeddings(req))
+            req = rec.json if rec.body else {}
             stream = reply.stream if reply.stream is not None else bool(req.get("stream"))
-            if stream:
+            if stream and not _is_embeddings(request.path):
                 return await self._stream(request, req, reply)
-            return web.json_response(self._completion(req, reply))
+            return self._answer(request.path, req, reply)
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnects += 1
             raise
         finally:
             self.active -= 1
+
+    # -- the API spoken: hooks a fake of another provider overrides ----------------------
+
+    def _serves(self, path: str) -> bool:
+        """Whether ``path`` is an endpoint of the API (else a default reply is a 404)."""
+        return True
+
+    def _error_body(self, status: int, message: str) -> Any:
+        """The JSON body of a generated error (OpenAI's envelope)."""
+        return {"error": {"message": message, "type": "fake", "code": None, "param": None}}
+
+    def _answer(self, path: str, req: Any, reply: Reply) -> Any:
+        """The response to a successful, non-streamed request (with ``reply.headers``)."""
+        from aiohttp import web
+
+        answer = self._embeddings(req) if _is_embeddings(path) else self._completion(req, reply)
+        return web.json_response(answer, headers=reply.headers)
 
     def _text(self, req: Any, reply: Reply) -> str:
         return reply.content if reply.content is not None else f"Fake answer to: {_prompt(req)}"
@@ -333,12 +361,15 @@ class FakeProvider:
                          for i, _ in enumerate(inputs)],
                 "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
 
-    def _events(self, req: Any, reply: Reply) -> list[bytes]:
-        if reply.events is not None:
-            return reply.events
+    def _pieces(self, req: Any, reply: Reply) -> tuple[str, list[str]]:
+        """The answer text, and the ``reply.chunks`` pieces a generated stream sends it in."""
         text = self._text(req, reply)
         size = max(1, -(-len(text) // max(1, reply.chunks)))
-        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        return text, [text[i:i + size] for i in range(0, len(text), size)]
+
+    def _events(self, req: Any, reply: Reply) -> list[bytes]:
+        """The events of a generated stream (OpenAI's chunks, ``[DONE]`` last)."""
+        text, pieces = self._pieces(req, reply)
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": req.get("model")}
 
@@ -364,7 +395,8 @@ class FakeProvider:
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
                                                        **reply.headers})
         await resp.prepare(request)
-        for i, event in enumerate(self._events(req, reply)):
+        events = reply.events if reply.events is not None else self._events(req, reply)
+        for i, event in enumerate(events):
             if reply.drop_after_events is not None and i >= reply.drop_after_events:
                 assert request.transport is not None
                 request.transport.abort()

@@ -34,29 +34,17 @@ Refused with 400: OpenAI ``n > 1``, legacy ``functions`` / ``function_call`` and
 """
 
 
-from hapax.translate._anthropic_request import (
-    anthropic_to_openai_request,
-    openai_to_anthropic_request,
-)
-from hapax.translate._anthropic_response import (
-    anthropic_error_body,
-    anthropic_error_to_openai,
-    anthropic_to_openai_response,
-    openai_error_to_anthropic,
-    openai_to_anthropic_response,
-    openai_usage,
-)
-from hapax.translate._anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+# A facade: the names come from the private modules, each exporting only its __all__.
+# ruff: noqa: F403, F405
+from hapax.translate._anthropic_request import *
+from hapax.translate._anthropic_response import *
+from hapax.translate._anthropic_stream import *
 
+# The public API, listed once (hapax.translate re-exports it); each private module's own
+# __all__ says which of these it defines.
 __all__ = [
-    "anthropic_to_openai_request",
-    "openai_to_anthropic_request",
-    "openai_to_anthropic_response",
-    "anthropic_to_openai_response",
-    "anthropic_error_body",
-    "openai_error_to_anthropic",
-    "anthropic_error_to_openai",
-    "openai_usage",
-    "OpenAIToAnthropicStream",
-    "AnthropicToOpenAIStream",
+    "anthropic_to_openai_request", "openai_to_anthropic_request",
+    "openai_to_anthropic_response", "anthropic_to_openai_response", "anthropic_error_body",
+    "openai_error_to_anthropic", "anthropic_error_to_openai", "openai_usage",
+    "OpenAIToAnthropicStream", "AnthropicToOpenAIStream",
 ]
