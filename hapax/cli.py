@@ -1,4 +1,4 @@
-"""The `hapax` command: serve, reload, check, plugins, config-reference."""
+"""The `hapax` command: serve, reload, check, plugins, config-reference, cert."""
 
 from __future__ import annotations
 
@@ -135,6 +135,20 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cert_dev(args: argparse.Namespace) -> int:
+    from hapax.server.tls import make_dev_certs
+
+    hosts = args.host or ["localhost", "127.0.0.1", "::1"]
+    out = make_dev_certs(Path(args.dir), hosts, days=args.days)
+    print(f"wrote {out.ca} (the CA to trust), {out.cert} and {out.key} "
+          f"(for {', '.join(hosts)}; valid {args.days} days)")
+    print("\nIn pipeline.yaml:\n")
+    print(f"server:\n  tls:\n    cert: {out.cert.resolve()}\n    key: {out.key.resolve()}")
+    print(f"\nClients trust the CA, e.g. SSL_CERT_FILE={out.ca.resolve()} or "
+          f"curl --cacert {out.ca.resolve()}.  For development only: never deploy these.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hapax", description="Hapax LLM gateway")
     parser.add_argument("--version", action="version", version=f"hapax {__version__}")
@@ -170,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)
+
+    p = sub.add_parser("cert", help="TLS certificates for server.tls")
+    cert = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    p = cert.add_parser("dev", help="make a local CA and a server certificate signed by it "
+                        "(development and tests only)")
+    p.add_argument("--dir", default="hapax-dev-certs", help="where to write ca.pem, "
+                   "cert.pem and key.pem (default: ./hapax-dev-certs)")
+    p.add_argument("--host", action="append", help="a name or IP address the certificate "
+                   "is for; repeat for more (default: localhost, 127.0.0.1, ::1)")
+    p.add_argument("--days", type=int, default=30, help="validity in days (default: 30)")
+    p.set_defaults(func=cmd_cert_dev)
     return parser
 
 

@@ -40,6 +40,7 @@ from hapax.errors import ConfigError
 __all__ = [
     "Config",
     "ServerConfig",
+    "TLSConfig",
     "Limits",
     "AccessLogConfig",
     "ProviderConfig",
@@ -106,6 +107,32 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TLSConfig:
+    """TLS on the listener (docs/how-to/http3.md): HTTPS over TCP (TLS 1.2+, HTTP/1.1) and,
+    with `http3`, HTTP/3 over QUIC (TLS 1.3) on the same port number over UDP.  The files
+    are read at start-up and on every reload (a renewed certificate needs no restart)."""
+
+    cert: str = setting("PEM file: the server certificate, then any intermediates.  Relative "
+                        "paths are taken from the working directory.", conv_str())
+    key: str = setting("PEM file: the certificate's private key (unencrypted).", conv_str())
+    http3: bool = setting("Also serve HTTP/3 (QUIC) on UDP, same port, and advertise it to "
+                          "HTTP/1.1 clients with `Alt-Svc`.", conv_bool, True)
+    max_streams: int = setting("HTTP/3: requests a client may have in flight at once on one "
+                               "connection (QUIC's bidirectional stream limit); the idle "
+                               "timeout of a connection is `limits.keepalive`.",
+                               conv_int(1, 10000), 100)
+
+
+def _conv_tls(value: Any, path: str, ctx: Ctx) -> Any:
+    if value is None or value is False or value == "off":
+        return None
+    return conv_section(TLSConfig)(value, path, ctx)
+
+
+_conv_tls.section = TLSConfig  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """The listener and its worker processes."""
 
@@ -120,6 +147,8 @@ class ServerConfig:
                                    conv_duration, 30.0, shown_default="30s")
     access_log: AccessLogConfig = setting("Access log.", conv_section(AccessLogConfig),
                                           default_factory=AccessLogConfig)
+    tls: TLSConfig | None = setting("TLS: HTTPS and HTTP/3 (off without this section).",
+                                    _conv_tls, None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -541,6 +570,8 @@ class Config:
 
 def _check(cfg: Config, ctx: Ctx) -> None:
     """Cross-field checks that need the whole tree."""
+    if cfg.server.tls is not None:
+        _check_tls(cfg.server.tls, ctx)
     for name, prov in cfg.providers.items():
         path = f"providers.{name}"
         if prov.kind == "openai" and not prov.base_url:
@@ -578,6 +609,35 @@ def _check(cfg: Config, ctx: Ctx) -> None:
             for j, alias in enumerate(key.models):
                 if alias != "*" and alias not in cfg.models and "*" not in cfg.models:
                     ctx.error(f"{path}.models[{j}]", f"unknown model alias {alias!r}")
+
+
+def _check_tls(tls: TLSConfig, ctx: Ctx) -> None:
+    """The certificate and key files exist, parse, and belong together."""
+    import ssl
+
+    bad = False
+    for name in ("cert", "key"):
+        file = getattr(tls, name)
+        try:
+            with open(file, "rb") as f:
+                head = f.read(64 * 1024)
+        except OSError as exc:
+            ctx.error(f"server.tls.{name}", f"cannot read {file}: {exc.strerror}")
+            bad = True
+            continue
+        if b"-----BEGIN " not in head:
+            ctx.error(f"server.tls.{name}", f"{file} is not a PEM file (no -----BEGIN line)")
+            bad = True
+    if bad:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        # Never echo file contents: the key file holds a secret.
+        ctx.error("server.tls", f"cannot use certificate {tls.cert} with key {tls.key}: "
+                                f"{exc.reason or exc} (is the key the certificate's, "
+                                f"unencrypted, and are both PEM?)")
 
 
 def from_dict(raw: Any, file: str = "<config>", env: Any = None) -> Config:

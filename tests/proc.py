@@ -26,7 +26,7 @@ __all__ = ["HapaxProcess", "ROOT", "get", "pid_alive", "children_of"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_LISTENING = re.compile(r"hapax listening on http://(\[[^\]]+\]|[^\s:]+):(\d+)")
+_LISTENING = re.compile(r"hapax listening on https?://(\[[^\]]+\]|[^\s:]+):(\d+)")
 
 
 def pid_alive(pid: int) -> bool:

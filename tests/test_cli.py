@@ -74,7 +74,7 @@ def test_check_broken_file_prints_one_line_per_problem(tmp_path: Path,
     lines = err.splitlines()
     assert lines == [
         f"{path}: server.limts: unknown key; did you mean 'limits'? (expected one of: host, "
-        "port, workers, backlog, limits, drain_timeout, access_log)",
+        "port, workers, backlog, limits, drain_timeout, access_log, tls)",
         f"{path}: providers.mock.chunk_delay: expected a duration such as 250ms, 30s or 10m, "
         "got 'soon'",
         f"{path}: models.gpt.targets[1].provider: expected a non-empty string, got an "
@@ -92,7 +92,7 @@ def test_check_reports_cross_references_with_their_key_path(tmp_path: Path) -> N
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{path}: server.limts: unknown key; did you mean 'limits'? (expected one of: host, "
-        "port, workers, backlog, limits, drain_timeout, access_log)",
+        "port, workers, backlog, limits, drain_timeout, access_log, tls)",
         f"{path}: models.gpt.targets[0].provider: unknown provider 'openai' (providers: mock)",
     ]
 
@@ -194,7 +194,7 @@ def test_serve_with_a_broken_config_exits_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == (f"{path}: server.prot: unknown key; did you mean 'port'? "
                                    "(expected one of: host, port, workers, backlog, limits, "
-                                   "drain_timeout, access_log)")
+                                   "drain_timeout, access_log, tls)")
 
 
 def test_serve_reports_a_port_in_use() -> None:

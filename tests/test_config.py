@@ -166,7 +166,7 @@ def test_rendered_error_has_one_line_per_problem_with_file_and_path() -> None:
         loads("server:\n  limts: {}\n  port: x\n", "conf/pipeline.yaml", env={})
     assert str(info.value).splitlines() == [
         "conf/pipeline.yaml: server.limts: unknown key; did you mean 'limits'? (expected one "
-        "of: host, port, workers, backlog, limits, drain_timeout, access_log)",
+        "of: host, port, workers, backlog, limits, drain_timeout, access_log, tls)",
         "conf/pipeline.yaml: server.port: expected an integer, got a string 'x'",
     ]
 

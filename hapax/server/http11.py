@@ -59,6 +59,9 @@ class ListenerState:
         self.limits = gateway.config.server.limits
         self.connections: set[HTTP11Protocol] = set()
         self.draining = False
+        #: ``alt-svc`` header line advertising HTTP/3 (empty while it is off): set by the
+        #: server once the UDP listener is up (docs/how-to/http3.md).
+        self.alt_svc = b""
         self._date_sec = -1
         self._date = b""
 
@@ -432,6 +435,8 @@ class HTTP11Protocol(asyncio.Protocol):
                      b"\r\nx-hapax-provider: " +
                      (target.provider.encode() if target is not None else b"hapax") + b"\r\n")
         parts.append(self.s.date_header())
+        if self.s.alt_svc:
+            parts.append(self.s.alt_svc)
         parts.append(framing)
         if not ex.keep_alive or self.s.draining:
             parts.append(b"connection: close\r\n")
@@ -503,7 +508,7 @@ class HTTP11Protocol(asyncio.Protocol):
         head = (status_line(failure.status) + b"content-type: application/json\r\n"
                 b"content-length: %d\r\nx-request-id: %s\r\nx-hapax-provider: hapax\r\n"
                 % (len(body), new_request_id().encode()) + self.s.date_header() +
-                b"connection: close\r\n\r\n")
+                self.s.alt_svc + b"connection: close\r\n\r\n")
         self.transport.write(head + body)
         self._linger()
 

@@ -211,8 +211,9 @@ class _Supervisor:
             self._reap()  # a worker that died at start-up
         host = self.host
         shown = f"[{host}]" if ":" in host else host
-        log.info("hapax listening on http://%s:%d (%d workers, supervisor pid %d)", shown,
-                 self.port, workers, os.getpid())
+        scheme = "https" if self.config.server.tls is not None else "http"
+        log.info("hapax listening on %s://%s:%d (%d workers, supervisor pid %d)", scheme,
+                 shown, self.port, workers, os.getpid())
         while self.children:
             if self.stopping and not self._stop_sent:
                 self._stop_sent = True

@@ -17,8 +17,9 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hapax.config import Config, default_config, load
 from hapax.errors import ConfigError, PluginError
@@ -27,6 +28,10 @@ from hapax.node import NodeState
 from hapax.node_metrics import NodeMetrics
 from hapax.pipeline.gateway import Gateway
 from hapax.server.http11 import HTTP11Protocol, ListenerState
+from hapax.server.tls import reload_tcp_context, tcp_context
+
+if TYPE_CHECKING:
+    from hapax.server.http3 import H3Listener
 
 __all__ = ["Server", "run_worker", "new_event_loop", "check_config", "describe_problem",
            "RESTART_KEYS"]
@@ -34,7 +39,8 @@ __all__ = ["Server", "run_worker", "new_event_loop", "check_config", "describe_p
 log = logging.getLogger("hapax.server")
 
 #: ``server.*`` settings a reload cannot change: they shape the listening sockets and
-#: the processes, made once at start-up.
+#: the processes, made once at start-up.  (Turning ``server.tls`` or its ``http3`` on or
+#: off does too; its certificate files are re-read by a reload.)
 RESTART_KEYS = ("host", "port", "workers", "backlog")
 
 
@@ -55,8 +61,17 @@ def describe_problem(exc: ConfigError | PluginError) -> str:
 
 def restart_keys(old: Config, new: Config) -> list[str]:
     """The :data:`RESTART_KEYS` whose value differs between ``old`` and ``new``."""
-    return [f"server.{key}" for key in RESTART_KEYS
-            if getattr(old.server, key) != getattr(new.server, key)]
+    stale = [f"server.{key}" for key in RESTART_KEYS
+             if getattr(old.server, key) != getattr(new.server, key)]
+    if _tls_mode(old) != _tls_mode(new):
+        stale.append("server.tls")
+    return stale
+
+
+def _tls_mode(config: Config) -> tuple[bool, bool]:
+    """(HTTPS on, HTTP/3 on): what the listening sockets were made for."""
+    tls = config.server.tls
+    return (tls is not None, tls is not None and tls.http3)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -69,7 +84,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class Server:
-    """A gateway behind an HTTP/1.1 listener on the running loop.
+    """A gateway behind an HTTP/1.1 listener on the running loop — HTTPS with
+    ``server.tls``, plus an HTTP/3 listener on the same port over UDP with
+    ``server.tls.http3``.
 
     ``generation`` counts the configurations this server has run (1 at start-up);
     :meth:`reload` swaps in the next one.
@@ -80,6 +97,10 @@ class Server:
         self.generation = generation
         self.state: ListenerState | None = None
         self._server: asyncio.base_events.Server | None = None
+        #: The TCP listener's TLS context (reloaded in place), if ``server.tls``.
+        self.ssl: ssl.SSLContext | None = None
+        #: The HTTP/3 listener, if this worker serves it.
+        self.h3: H3Listener | None = None
         #: Gateways replaced by a reload, closing once their requests are done.
         self._retiring: set[asyncio.Task[None]] = set()
         metrics = gateway.metrics  # carried over by every reload: registered once
@@ -91,21 +112,52 @@ class Server:
         metrics.add(Gauge("hapax_config_generation", "Configurations this worker has run: "
                           "1 at start-up, plus one per successful reload.", (),
                           lambda: {(): float(self.generation)}, merge="none"))
+        metrics.add(Gauge("hapax_http3_connections", "Open HTTP/3 (QUIC) connections.", (),
+                          lambda: {(): float(len(self.h3.connections) if self.h3 else 0)}))
+        metrics.add(Gauge("hapax_http3_streams", "HTTP/3 requests being received or "
+                          "answered.", (), lambda: {(): float(
+                              sum(len(c.requests) for c in self.h3.connections)
+                              if self.h3 else 0)}))
 
     async def start(self, *, sock: socket.socket | None = None, host: str | None = None,
-                    port: int | None = None, reuse_port: bool = False) -> None:
+                    port: int | None = None, reuse_port: bool = False,
+                    http3: bool = True) -> None:
+        """Listen (TCP, and UDP for HTTP/3 if configured and ``http3``: one worker of a
+        supervisor serves it, see docs/how-to/http3.md)."""
         loop = asyncio.get_running_loop()
         cfg = self.gateway.config.server
         await self.gateway.start()
         self.state = state = ListenerState(self.gateway, loop)
+        tls = cfg.tls
+        self.ssl = tcp_context(tls) if tls is not None else None
+        # A TLS handshake gets the time a request head gets (the header timeout starts
+        # once the handshake is done).
+        secure: dict[str, Any] = {} if self.ssl is None else {
+            "ssl": self.ssl, "ssl_handshake_timeout": cfg.limits.header_timeout}
         if sock is not None:
             self._server = await loop.create_server(lambda: HTTP11Protocol(state), sock=sock,
-                                                    backlog=cfg.backlog)
+                                                    backlog=cfg.backlog, **secure)
         else:
             self._server = await loop.create_server(
                 lambda: HTTP11Protocol(state), host=host or cfg.host,
                 port=cfg.port if port is None else port, backlog=cfg.backlog,
-                reuse_port=reuse_port or None)
+                reuse_port=reuse_port or None, **secure)
+        if tls is None or not tls.http3:
+            return
+        bound = self.sockets[0].getsockname()
+        if http3:
+            from hapax.server.http3 import H3Listener
+
+            h3 = H3Listener(state, tls)
+            try:
+                await h3.start(bound[0], bound[1])
+            except OSError as exc:
+                self._server.close()
+                raise OSError(exc.errno, f"UDP port for HTTP/3: {exc.strerror or exc} "
+                                         f"(or set server.tls.http3: false)") from exc
+            self.h3 = h3
+        # Every worker advertises HTTP/3, also those not serving it: the port is the same.
+        state.alt_svc = b'alt-svc: h3=":%d"; ma=86400\r\n' % bound[1]
 
     @property
     def sockets(self) -> list[Any]:
@@ -131,6 +183,17 @@ class Server:
         except BaseException:
             self.reloads.inc(("error",))
             raise
+        tls = config.server.tls
+        if tls is not None:
+            try:  # renewed certificates: for connections accepted from now on
+                if self.ssl is not None:
+                    reload_tcp_context(self.ssl, tls)
+                if self.h3 is not None:
+                    self.h3.use(tls, idle_timeout=config.server.limits.keepalive)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self.reloads.inc(("error",))
+                raise ConfigError([("server.tls", f"cannot load the certificate: {exc}")],
+                                  config.source) from None
         try:
             await new.start()
         except BaseException:
@@ -167,18 +230,28 @@ class Server:
         if self._server is not None:
             self._server.close()
         state = self.state
+        h3 = self.h3
         if state is not None:
             state.draining = True
+            if h3 is not None:
+                h3.begin_shutdown()  # GOAWAY: no new requests on any QUIC connection
             for conn in list(state.connections):
                 conn.shutdown()
             deadline = time.monotonic() + timeout
-            while state.connections and time.monotonic() < deadline:
+            while (state.connections or (h3 is not None and h3.busy)) and \
+                    time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             if state.connections:
                 log.warning("drain timeout (%.1fs): closing %d connection(s) with requests "
                             "in flight", timeout, len(state.connections))
                 for conn in list(state.connections):
                     conn.transport.abort()
+                await asyncio.sleep(0)
+            if h3 is not None:
+                if h3.busy:
+                    log.warning("drain timeout (%.1fs): closing HTTP/3 connections with "
+                                "requests in flight", timeout)
+                h3.close()
                 await asyncio.sleep(0)
         if self._retiring:
             await asyncio.wait(list(self._retiring))
@@ -260,7 +333,13 @@ def _announce(server: Server, cfg: Config) -> None:
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        log.info("hapax listening on http://%s:%d", shown, port)
+        scheme = "https" if cfg.server.tls is not None else "http"
+        log.info("hapax listening on %s://%s:%d", scheme, shown, port)
+    if server.h3 is not None:
+        for sock in server.h3.sockets:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            log.info("hapax listening on %s:%d (UDP: HTTP/3)", shown, port)
 
 
 def run_worker(config: Config, *, host: str | None = None, port: int | None = None,
@@ -292,7 +371,11 @@ def run_worker(config: Config, *, host: str | None = None, port: int | None = No
         # No local name for the gateway: a reload replaces it, and the old one must go.
         server = Server(Gateway(config, node=node), generation=generation)
         try:
-            await server.start(host=host, port=port, reuse_port=reuse_port)
+            # HTTP/3: worker 0 only.  The kernel spreads UDP datagrams over SO_REUSEPORT
+            # sockets by address, so a client that migrates (or any client, once a worker
+            # restarts) would reach a worker that does not know its connection.
+            await server.start(host=host, port=port, reuse_port=reuse_port,
+                               http3=node.worker == 0)
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", host or config.server.host,
                       config.server.port if port is None else port, exc.strerror or exc)

@@ -1,0 +1,499 @@
+"""HTTP/3 listener: QUIC datagrams in (aioquic), Exchange out, HEADERS and DATA frames back.
+
+It feeds the same :meth:`Gateway.handle` as the HTTP/1.1 listener — authentication,
+routing, limits and streaming are not re-implemented here — and shares its
+:class:`~hapax.server.http11.ListenerState` (so a reload reaches both at once).
+
+State is grouped by lifetime: :class:`H3Listener` (the UDP socket), :class:`H3Protocol`
+(one QUIC connection) and :class:`_Request` (one request stream: the head and body as
+they arrive, then the task answering it).
+
+Bounds: QUIC's stream limit caps the requests in flight per connection
+(``server.tls.max_streams``); a request body beyond ``limits.max_body`` is refused
+(413) and its stream stopped, as is one that pauses longer than ``limits.body_timeout``
+(408); a connection silent for ``limits.keepalive`` is dropped.
+Streamed responses are not buffered: each batch of events goes out as a DATA frame,
+and a stream whose unacknowledged data exceeds :data:`HIGH_WATER` (a slow reader: QUIC
+flow control holds the bytes back) waits for acknowledgements before reading more
+from upstream — other streams of the connection go on.  A reader stalled longer than
+``limits.send_timeout`` gets its stream reset.
+
+Shutdown (:meth:`H3Listener.shutdown`): every connection is sent GOAWAY, so clients
+open no new requests on it; requests already accepted finish, then the connection
+closes with ``H3_NO_ERROR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, encode_frame
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    ProtocolNegotiated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamReset,
+)
+
+from hapax.pipeline.exchange import Exchange, new_request_id
+from hapax.server.tls import H3_ALPN, quic_configuration
+
+if TYPE_CHECKING:
+    from aioquic.quic.connection import QuicConnection
+
+    from hapax.config import TLSConfig
+    from hapax.server.http11 import ListenerState
+    from hapax.types import Response, StreamResponse
+
+__all__ = ["H3Listener", "H3Protocol", "HIGH_WATER"]
+
+log = logging.getLogger("hapax.server")
+
+#: Unacknowledged bytes a response stream may have queued before its writer waits.
+HIGH_WATER = 256 * 1024
+#: ... and the level the queue must fall to before the writer goes on.
+LOW_WATER = 64 * 1024
+#: Socket buffers asked of the kernel (capped by net.core.rmem_max / wmem_max): a burst of
+#: datagrams larger than the default (~200 KiB) would otherwise be dropped.
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+# HTTP/1.1 connection headers have no meaning in HTTP/3 and make a response malformed
+# (RFC 9114 §4.2).
+_CONNECTION_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection",
+                                 b"transfer-encoding", b"upgrade"})
+
+
+class H3Listener:
+    """The UDP endpoint: its QUIC server and the connections it accepted."""
+
+    def __init__(self, state: ListenerState, tls: TLSConfig) -> None:
+        self.s = state
+        self.max_streams = tls.max_streams
+        self.configuration = quic_configuration(tls, idle_timeout=state.limits.keepalive)
+        self.connections: set[H3Protocol] = set()
+        self.draining = False
+        self._server: QuicServer | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._date_sec = -1
+        self._date = b""
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on UDP ``host``:``port`` (not shared with other processes: see
+        docs/how-to/http3.md on workers)."""
+        loop = asyncio.get_running_loop()
+        transport, server = await loop.create_datagram_endpoint(
+            lambda: QuicServer(configuration=self.configuration, create_protocol=self._accept),
+            local_addr=(host, port))
+        self._server = server
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+                except OSError:  # pragma: no cover - the kernel caps it; never refuses
+                    pass
+        self._transport = transport
+
+    def _accept(self, quic: QuicConnection, stream_handler: Any = None) -> H3Protocol:
+        return H3Protocol(quic, self)
+
+    @property
+    def sockets(self) -> list[Any]:
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return [sock] if sock is not None else []
+
+    def use(self, tls: TLSConfig, *, idle_timeout: float) -> None:
+        """Connections from now on: ``tls``'s (renewed) certificate, its stream limit and
+        ``idle_timeout``; established connections keep what they negotiated."""
+        self.configuration.load_cert_chain(tls.cert, tls.key)
+        self.configuration.idle_timeout = idle_timeout
+        self.max_streams = tls.max_streams
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_sec:
+            self._date_sec = now
+            self._date = email.utils.formatdate(now, usegmt=True).encode()
+        return self._date
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Take no new requests: GOAWAY to every connection; idle ones close now."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.goaway()
+
+    @property
+    def busy(self) -> bool:
+        """Requests are still being received or answered."""
+        return any(conn.requests for conn in self.connections)
+
+    def close(self) -> None:
+        """Close every connection (requests still running are abandoned) and the socket."""
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            self._server.close()
+            self._server = self._transport = None
+
+
+class _Request:
+    """One request stream: its head and body as they arrive, then the answering task."""
+
+    __slots__ = ("headers", "body", "size", "task", "timer", "last_read")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], now: float) -> None:
+        self.headers = headers
+        self.body: list[bytes] = []
+        self.size = 0
+        self.task: asyncio.Task[None] | None = None
+        #: While the body arrives: fires ``limits.body_timeout`` after the last data.
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_read = now
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class H3Protocol(QuicConnectionProtocol):
+    """One QUIC connection carrying HTTP/3 requests, each on its own stream."""
+
+    def __init__(self, quic: QuicConnection, listener: H3Listener) -> None:
+        super().__init__(quic)
+        self.listener = listener
+        self.h3: H3Connection | None = None
+        #: Streams being received or answered, by stream id.
+        self.requests: dict[int, _Request] = {}
+        #: Streams waiting for their queued data to be acknowledged (see _drain).
+        self.writers: dict[int, asyncio.Future[None]] = {}
+        self.last_stream = -4
+        self.goaway_id: int | None = None
+        self.closed = False
+        self._flush_handle: asyncio.Handle | None = None
+        # Advertised in the handshake (initial_max_streams_bidi) and raised by one as
+        # each stream finishes: the bound on concurrent requests of this connection.
+        # (aioquic has no setting for it: set the limit's initial value and what it
+        # counts as already advertised, before the handshake sends it.)
+        limit = quic._local_max_streams_bidi
+        limit.value = limit.sent = listener.max_streams
+        listener.connections.add(self)
+
+    # -- QUIC and HTTP/3 events -----------------------------------------------------------
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        if self.writers:  # acknowledgements may have freed room for waiting streams
+            for stream_id, waiter in list(self.writers.items()):
+                if not waiter.done() and self._queued(stream_id) <= LOW_WATER:
+                    waiter.set_result(None)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated):
+            if event.alpn_protocol in H3_ALPN:
+                self.h3 = H3Connection(self._quic)
+                if self.listener.draining:
+                    self.goaway()  # accepted during shutdown: nothing to serve on it
+        elif isinstance(event, (StreamReset, StopSendingReceived)):
+            self._abandon(event.stream_id)
+        elif isinstance(event, ConnectionTerminated):
+            self._terminated()
+        if self.h3 is not None:
+            for h3_event in self.h3.handle_event(event):
+                self._h3_event(h3_event)
+
+    def _h3_event(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            stream_id = event.stream_id
+            req = self.requests.get(stream_id)
+            if req is None:
+                if self.goaway_id is not None and stream_id >= self.goaway_id:
+                    # Opened after our GOAWAY: never processed, so the client may retry
+                    # it on a new connection (RFC 9114 §5.2).
+                    self._reset(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+                    return
+                self.last_stream = max(self.last_stream, stream_id)
+                req = self.requests[stream_id] = _Request(event.headers, self._loop.time())
+                limit = self.listener.s.limits.max_header
+                if sum(len(n) + len(v) + 32 for n, v in event.headers) > limit:
+                    self._refuse(stream_id, 431, f"request head larger than {limit} bytes",
+                                 "header_too_large")
+                    return
+            # else: trailers, which carry nothing the gateway uses
+            if event.stream_ended and req.task is None:
+                self._start(stream_id, req)
+            elif req.timer is None and req.task is None:
+                req.timer = self._loop.call_later(self.listener.s.limits.body_timeout,
+                                                  self._body_timeout, stream_id)
+        elif isinstance(event, DataReceived):
+            req = self.requests.get(event.stream_id)
+            if req is None or req.task is not None:
+                return  # refused already, or data after the end
+            req.size += len(event.data)
+            limit = self.listener.s.limits.max_body
+            if req.size > limit:
+                self._refuse(event.stream_id, 413, f"request body larger than {limit} bytes",
+                             "request_too_large")
+                return
+            if event.data:
+                req.body.append(event.data)
+                req.last_read = self._loop.time()
+            if event.stream_ended:
+                self._start(event.stream_id, req)
+
+    def _body_timeout(self, stream_id: int) -> None:
+        req = self.requests.get(stream_id)
+        if req is None or req.task is not None:
+            return
+        req.timer = None
+        # Re-armed lazily: data arriving moves last_read, not the timer.
+        remaining = req.last_read + self.listener.s.limits.body_timeout - self._loop.time()
+        if remaining > 0.001:
+            req.timer = self._loop.call_later(remaining, self._body_timeout, stream_id)
+            return
+        self._refuse(stream_id, 408, "timed out waiting for the request body",
+                     "request_timeout")
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _start(self, stream_id: int, req: _Request) -> None:
+        req.disarm()
+        method = path = authority = ""
+        headers: dict[str, str] = {}
+        for name, value in req.headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value.decode("ascii", "replace")
+                elif name == b":path":
+                    path = value.decode("latin-1")
+                elif name == b":authority":
+                    authority = value.decode("latin-1")
+                continue
+            key = name.decode("latin-1")
+            val = value.decode("latin-1")
+            prev = headers.get(key)
+            headers[key] = val if prev is None else f"{prev}, {val}"
+        if authority and "host" not in headers:
+            headers["host"] = authority
+        path, _, query = path.partition("?")
+        body = req.body[0] if len(req.body) == 1 else b"".join(req.body)
+        req.body = []
+        addr = self._quic._network_paths[0].addr if self._quic._network_paths else None
+        client = (str(addr[0]), int(addr[1])) if addr else None
+        ex = Exchange(method, path or "/", headers, body, query=query or None,
+                      client=client, protocol="h3")
+        ex.keep_alive = not self.listener.draining
+        task = req.task = self._loop.create_task(self._serve(stream_id, ex))
+        task.add_done_callback(lambda t: self._done(stream_id, t))
+
+    async def _serve(self, stream_id: int, ex: Exchange) -> None:
+        gateway = self.listener.s.gateway  # per request: a reload swaps it
+        try:
+            resp = await gateway.handle(ex)
+            if resp.streaming:
+                await self._send_stream(stream_id, ex, resp)  # type: ignore[arg-type]
+            else:
+                self._send(stream_id, ex, resp)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            ex.disconnected = True
+            if not ex.status or ex.status < 400:
+                ex.status = 499
+        finally:
+            gateway.finish(ex)
+
+    def _done(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        self.requests.pop(stream_id, None)
+        self.writers.pop(stream_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("HTTP/3 request on stream %d failed", stream_id,
+                      exc_info=task.exception())
+            self._reset(stream_id, ErrorCode.H3_INTERNAL_ERROR)
+        if self.goaway_id is not None and not self.requests:
+            self.close(ErrorCode.H3_NO_ERROR)  # drained
+
+    def _abandon(self, stream_id: int) -> None:
+        """The client reset its request or stopped reading the response: stop answering
+        (and the upstream call), as for a closed HTTP/1.1 connection."""
+        req = self.requests.get(stream_id)
+        if req is None:
+            return
+        if req.task is not None:
+            req.task.cancel()
+        else:
+            req.disarm()
+            del self.requests[stream_id]  # was still arriving: nothing started
+
+    def _refuse(self, stream_id: int, status: int, message: str, code: str) -> None:
+        """Answer a request the gateway never sees (too large), then stop reading it."""
+        body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                       "param": None, "code": code}})
+        req = self.requests.pop(stream_id, None)
+        if req is not None:
+            req.disarm()
+        assert self.h3 is not None
+        self.h3.send_headers(stream_id, [
+            (b":status", b"%d" % status), (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", new_request_id().encode()), (b"x-hapax-provider", b"hapax"),
+            (b"date", self.listener.date()), (b"server", b"hapax")])
+        self.h3.send_data(stream_id, body, end_stream=True)
+        # The response is complete; the rest of the request is not wanted (RFC 9114 §4.1).
+        self._stop_reading(stream_id, ErrorCode.H3_NO_ERROR)
+        self._flush()
+
+    def _head(self, ex: Exchange, status: int,
+              headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        out = [(b":status", b"%d" % status)]
+        for name, value in headers:
+            name = name.lower()
+            if name not in _CONNECTION_HEADERS:
+                out.append((name, value))
+        for name, value in ex.response_headers:
+            out.append((name.lower(), value))
+        target = ex.target
+        out += [(b"x-request-id", ex.request_id.encode("latin-1")),
+                (b"x-hapax-provider", target.provider.encode() if target is not None
+                 else b"hapax"),
+                (b"date", self.listener.date()), (b"server", b"hapax")]
+        return out
+
+    def _send(self, stream_id: int, ex: Exchange, resp: Response) -> None:
+        assert self.h3 is not None
+        body = b"" if ex.method == "HEAD" else resp.body
+        head = self._head(ex, resp.status, resp.headers)
+        head.append((b"content-length", b"%d" % len(resp.body)))
+        self.h3.send_headers(stream_id, head, end_stream=not body)
+        if body:
+            self.h3.send_data(stream_id, body, end_stream=True)
+        self._flush()
+
+    async def _send_stream(self, stream_id: int, ex: Exchange, resp: StreamResponse) -> None:
+        h3 = self.h3
+        assert h3 is not None
+        events = resp.events
+        first = True
+        try:
+            async for batch in events:
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                if not data:
+                    continue
+                if first:
+                    h3.send_headers(stream_id, self._head(ex, resp.status, resp.headers))
+                    first = False
+                h3.send_data(stream_id, data, end_stream=False)
+                self._flush()
+                if self._queued(stream_id) > HIGH_WATER:
+                    await self._drain(stream_id)
+            if first:
+                h3.send_headers(stream_id, self._head(ex, resp.status, resp.headers))
+            h3.send_data(stream_id, b"", end_stream=True)
+            self._flush()
+        finally:
+            if resp.close is not None:
+                resp.close()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _queued(self, stream_id: int) -> int:
+        """Bytes of the stream's response sent or waiting but not yet acknowledged."""
+        stream = self._quic._streams.get(stream_id)
+        return 0 if stream is None else len(stream.sender._buffer)
+
+    async def _drain(self, stream_id: int) -> None:
+        """Wait until the client has acknowledged all but :data:`LOW_WATER` bytes of the
+        stream: a reader stalled for ``limits.send_timeout`` loses the stream."""
+        waiter = self.writers[stream_id] = self._loop.create_future()
+        timeout = self.listener.s.limits.send_timeout
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            log.info("HTTP/3 client %s stopped reading stream %d for %.0fs; resetting it",
+                     self._quic._network_paths[0].addr if self._quic._network_paths else "?",
+                     stream_id, timeout)
+            self._reset(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            raise asyncio.CancelledError from None
+        finally:
+            self.writers.pop(stream_id, None)
+        if self.closed:
+            raise asyncio.CancelledError
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        """Abort a request stream both ways."""
+        self._quic.reset_stream(stream_id, code)
+        self._stop_reading(stream_id, code)
+        self._flush()
+
+    def _stop_reading(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.stop_stream(stream_id, code)
+        except ValueError:
+            pass  # the stream is already gone
+
+    def _flush(self) -> None:
+        """Send what is queued once this turn of the loop is over: writes of many streams
+        in one turn share datagrams."""
+        if self._flush_handle is None and not self.closed:
+            self._flush_handle = self._loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._flush_handle = None
+        if not self.closed:
+            self.transmit()
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    def goaway(self) -> None:
+        """Tell the client to open no more requests here (GOAWAY with the first stream id
+        not accepted); close now if nothing is in flight."""
+        if self.closed or self.goaway_id is not None:
+            return
+        self.goaway_id = self.last_stream + 4
+        h3 = self.h3
+        if h3 is not None and h3._local_control_stream_id is not None:
+            self._quic.send_stream_data(h3._local_control_stream_id, encode_frame(
+                FrameType.GOAWAY, encode_uint_var(self.goaway_id)))
+        if not self.requests:
+            self.close(ErrorCode.H3_NO_ERROR)
+        else:
+            self._flush()
+
+    def close(self, error_code: int = ErrorCode.H3_NO_ERROR, reason_phrase: str = "") -> None:
+        if not self.closed:
+            super().close(error_code=error_code, reason_phrase=reason_phrase)
+
+    def abort(self) -> None:
+        """Drain deadline: abandon the requests still running and close."""
+        for req in list(self.requests.values()):
+            if req.task is not None:
+                req.task.cancel()
+        self.close(ErrorCode.H3_NO_ERROR, "server shutting down")
+
+    def _terminated(self) -> None:
+        self.closed = True
+        self.listener.connections.discard(self)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        for waiter in self.writers.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        for req in list(self.requests.values()):
+            req.disarm()
+            if req.task is not None:
+                req.task.cancel()
+        self.requests.clear()
