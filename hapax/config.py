@@ -121,6 +121,21 @@ class TLSConfig:
                                "connection (QUIC's bidirectional stream limit); the idle "
                                "timeout of a connection is `limits.keepalive`.",
                                conv_int(1, 10000), 100)
+    early_data: str = setting(
+        "HTTP/3 0-RTT (requests sent before the handshake completes, replayable by "
+        "whoever captured them): `off` refuses them with 425 `too_early` (tickets then "
+        "offer no early data); `safe` accepts a ticket's early data once — the anti-replay "
+        "guard: later connections with the same ticket get 425 for their early requests; "
+        "`on` accepts every replay too (dangerous: a replayed POST is a second paid call).",
+        conv_enum("off", "safe", "on"), "safe")
+    session_tickets: int = setting(
+        "HTTP/3: session tickets remembered for resumption (and the anti-replay marks of "
+        "their early data); past it the least recently issued or used is forgotten.  0 = "
+        "issue none: every connection takes a full handshake.", conv_int(0, 1_000_000),
+        10000)
+    ticket_lifetime: float = setting(
+        "HTTP/3: how long a session ticket may resume a session; a reload or restart "
+        "forgets every ticket.", conv_duration, 86400.0, shown_default="24h")
 
 
 def _conv_tls(value: Any, path: str, ctx: Ctx) -> Any:

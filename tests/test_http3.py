@@ -554,10 +554,10 @@ def test_plain_http_has_no_alt_svc(hapax_gateway: GatewayFactory,
 
 def test_no_session_tickets_so_no_request_is_ever_early_data(
         hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
-    """0-RTT is not implemented yet: the server must not enable it by accident.  Without
-    a session ticket a client cannot send early data, so every request waits for the
-    handshake (and cannot be replayed)."""
-    gw = hapax_gateway(tls_config(fake_provider, certs))
+    """With ``session_tickets: 0`` the server issues no ticket.  Without one a client
+    cannot send early data, so every request waits for the handshake (and cannot be
+    replayed).  0-RTT itself: tests/test_http3_0rtt.py."""
+    gw = hapax_gateway(tls_config(fake_provider, certs, session_tickets=0))
     tickets: list[Any] = []
 
     async def go() -> H3Reply:

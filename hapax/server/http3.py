@@ -21,6 +21,15 @@ from upstream — other streams of the connection go on.  A reader stalled longe
 Shutdown (:meth:`H3Listener.shutdown`): every connection is sent GOAWAY, so clients
 open no new requests on it; requests already accepted finish, then the connection
 closes with ``H3_NO_ERROR``.
+
+0-RTT (``server.tls.early_data``, RFC 8470): each handshake issues a session ticket,
+kept in the listener's bounded :class:`TicketStore`.  A client resuming with one may send
+requests in 0-RTT packets before the handshake completes; such "early" requests can be
+replayed by anyone who captured them, so a request any of whose STREAM frames came in a
+0-RTT packet is answered 425 ``too_early`` (the client retries it once the handshake is
+done) unless the mode accepts it: ``on`` always, ``safe`` only on the first connection
+that uses the ticket's early data — the mark lives with the ticket in the store, and a
+forgotten ticket cannot resume, so no early data is ever accepted twice.
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ import email.utils
 import logging
 import socket
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,23 +53,29 @@ from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, encode_fra
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import (
     ConnectionTerminated,
+    HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
     StopSendingReceived,
     StreamReset,
 )
+from aioquic.tls import Epoch, SessionTicket
 
+from hapax.errors import RequestError
+from hapax.metrics import Counter
 from hapax.pipeline.exchange import Exchange, new_request_id
+from hapax.pipeline.gateway import error_response
 from hapax.server.tls import H3_ALPN, quic_configuration
 
 if TYPE_CHECKING:
-    from aioquic.quic.connection import QuicConnection
+    from aioquic.buffer import Buffer
+    from aioquic.quic.connection import QuicConnection, QuicReceiveContext
 
     from hapax.config import TLSConfig
     from hapax.server.http11 import ListenerState
     from hapax.types import Response, StreamResponse
 
-__all__ = ["H3Listener", "H3Protocol", "HIGH_WATER"]
+__all__ = ["H3Listener", "H3Protocol", "HIGH_WATER", "TicketStore"]
 
 log = logging.getLogger("hapax.server")
 
@@ -72,6 +91,101 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 # (RFC 9114 §4.2).
 _CONNECTION_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade"})
+#: QUIC STREAM frame types (RFC 9000 §19.8: 0x08 plus the OFF, LEN and FIN bits).
+_STREAM_FRAMES = range(0x08, 0x10)
+
+
+class TicketStore:
+    """The session tickets this listener issued, by ticket identity: bounded (the least
+    recently issued or used goes first) and aged (``lifetime`` seconds), with the
+    anti-replay mark of each ticket's early data.
+
+    aioquic's tickets are opaque random identities naming a resumption secret kept
+    here, so nothing else needs rotating: a secret dies with its ticket (expired,
+    evicted, or the whole store dropped by a reload or restart)."""
+
+    def __init__(self, size: int, lifetime: float) -> None:
+        self.size = size
+        self.lifetime = timedelta(seconds=lifetime)
+        #: identity -> [ticket, whether its early data was accepted already]
+        self._tickets: OrderedDict[bytes, list[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def add(self, ticket: SessionTicket) -> None:
+        """Remember a ticket just issued (aioquic's ``session_ticket_handler``), valid for
+        this store's lifetime; evict the oldest beyond ``size``."""
+        ticket.not_valid_after = ticket.not_valid_before + self.lifetime
+        self._tickets[ticket.ticket] = [ticket, False]
+        while len(self._tickets) > self.size:
+            self._tickets.popitem(last=False)
+
+    def get(self, identity: bytes) -> SessionTicket | None:
+        """The ticket a client resumes with (aioquic's ``session_ticket_fetcher``), or
+        None — unknown, forgotten or expired: a full handshake, without early data."""
+        entry = self._tickets.get(identity)
+        if entry is None:
+            return None
+        if not entry[0].is_valid:
+            del self._tickets[identity]
+            return None
+        self._tickets.move_to_end(identity)
+        return entry[0]
+
+    def claim_early_data(self, identity: bytes) -> bool:
+        """True the first time only: the ticket's early data may be accepted.  False for
+        every later connection with it (a replay), and for a ticket no longer here."""
+        entry = self._tickets.get(identity)
+        if entry is None or entry[1] or not entry[0].is_valid:
+            return False
+        entry[1] = True
+        return True
+
+
+def _hook_quic(quic: QuicConnection, protocol: H3Protocol) -> None:
+    """Attach the 0-RTT machinery to a server connection before its first datagram.
+
+    Relies on aioquic internals (written against aioquic 1.7; the range is pinned in
+    pyproject.toml, and tests/test_http3_0rtt.py fails if they change):
+
+    - the per-connection ``session_ticket_fetcher``/``_handler`` attributes, replaced so
+      the protocol learns which ticket the client resumed with;
+    - ``_initialize``, wrapped to drop the early-data offer from tickets when
+      ``early_data`` is ``off`` (aioquic always offers it);
+    - the STREAM entries of the connection's frame-handler table, wrapped to note the
+      stream ids carried by 0-RTT packets (the packet's epoch): "the handshake is not
+      complete yet" is no proof, as 1-RTT packets may arrive before it completes.
+    """
+    store = protocol.listener.tickets
+    if store.size:
+        quic._session_ticket_handler = store.add
+        quic._session_ticket_fetcher = protocol.fetch_ticket
+    else:
+        quic._session_ticket_handler = quic._session_ticket_fetcher = None
+    if protocol.listener.early_data == "off":
+        initialize = quic._initialize
+
+        def no_early_data_offer(peer_cid: bytes) -> None:
+            initialize(peer_cid)
+            quic.tls._max_early_data = None  # tickets issued say: no early data
+
+        quic._initialize = no_early_data_offer  # type: ignore[method-assign]
+    handlers = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+    for frame_type in _STREAM_FRAMES:
+        handler, epochs = handlers[frame_type]
+        handlers[frame_type] = (partial(_note_early, handler, protocol.early_streams),
+                                epochs)
+
+
+def _note_early(handler: Callable[..., None], early: set[int],
+                context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+    """A STREAM frame: note its stream id if it came in a 0-RTT packet, then handle it."""
+    if context.epoch == Epoch.ZERO_RTT:
+        start = buf.tell()
+        early.add(buf.pull_uint_var())
+        buf.seek(start)
+    handler(context, frame_type, buf)
 
 
 class H3Listener:
@@ -81,6 +195,17 @@ class H3Listener:
         self.s = state
         self.max_streams = tls.max_streams
         self.configuration = quic_configuration(tls, idle_timeout=state.limits.keepalive)
+        self.early_data = tls.early_data
+        self.tickets = TicketStore(tls.session_tickets, tls.ticket_lifetime)
+        # Get-or-create: the Server registered them already (so that they show at 0
+        # without HTTP/3); the metrics are carried over by reloads.
+        metrics = state.gateway.metrics
+        self.early_data_total = metrics.add(Counter(
+            "hapax_http3_early_data_total", "HTTP/3 requests received in 0-RTT early data, "
+            "by result (accepted|refused).", ("result",)))
+        self.handshakes_total = metrics.add(Counter(
+            "hapax_http3_handshakes_total", "HTTP/3 (QUIC) handshakes completed, by session "
+            "(new|resumed).", ("session",)))
         self.connections: set[H3Protocol] = set()
         self.draining = False
         self._server: QuicServer | None = None
@@ -115,11 +240,15 @@ class H3Listener:
         return [sock] if sock is not None else []
 
     def use(self, tls: TLSConfig, *, idle_timeout: float) -> None:
-        """Connections from now on: ``tls``'s (renewed) certificate, its stream limit and
-        ``idle_timeout``; established connections keep what they negotiated."""
+        """Connections from now on: ``tls``'s (renewed) certificate, its stream limit,
+        0-RTT settings and ``idle_timeout``; established connections keep what they
+        negotiated.  Every session ticket is forgotten (their secrets rotated out): the
+        next connection of each client takes a full handshake."""
         self.configuration.load_cert_chain(tls.cert, tls.key)
         self.configuration.idle_timeout = idle_timeout
         self.max_streams = tls.max_streams
+        self.early_data = tls.early_data
+        self.tickets = TicketStore(tls.session_tickets, tls.ticket_lifetime)
 
     def date(self) -> bytes:
         now = int(time.time())
@@ -191,7 +320,22 @@ class H3Protocol(QuicConnectionProtocol):
         # counts as already advertised, before the handshake sends it.)
         limit = quic._local_max_streams_bidi
         limit.value = limit.sent = listener.max_streams
+        #: Request streams any of whose frames came in 0-RTT packets (early data).
+        self.early_streams: set[int] = set()
+        #: The identity of the session ticket the client resumed with, if it did.
+        self.ticket: bytes | None = None
+        #: Whether this connection's early data is accepted (decided at its first early
+        #: request: ``safe`` claims the ticket's single use then).
+        self.early_ok: bool | None = None
+        _hook_quic(quic, self)
         listener.connections.add(self)
+
+    def fetch_ticket(self, identity: bytes) -> SessionTicket | None:
+        """aioquic's ``session_ticket_fetcher`` for this connection: note the ticket."""
+        ticket = self.listener.tickets.get(identity)
+        if ticket is not None:
+            self.ticket = identity
+        return ticket
 
     # -- QUIC and HTTP/3 events -----------------------------------------------------------
 
@@ -210,6 +354,9 @@ class H3Protocol(QuicConnectionProtocol):
                     self.goaway()  # accepted during shutdown: nothing to serve on it
         elif isinstance(event, (StreamReset, StopSendingReceived)):
             self._abandon(event.stream_id)
+        elif isinstance(event, HandshakeCompleted):
+            self.listener.handshakes_total.inc(
+                ("resumed" if event.session_resumed else "new",))
         elif isinstance(event, ConnectionTerminated):
             self._terminated()
         if self.h3 is not None:
@@ -297,8 +444,36 @@ class H3Protocol(QuicConnectionProtocol):
         ex = Exchange(method, path or "/", headers, body, query=query or None,
                       client=client, protocol="h3")
         ex.keep_alive = not self.listener.draining
+        if stream_id in self.early_streams and not self._accept_early(stream_id, ex):
+            return
         task = req.task = self._loop.create_task(self._serve(stream_id, ex))
         task.add_done_callback(lambda t: self._done(stream_id, t))
+
+    def _accept_early(self, stream_id: int, ex: Exchange) -> bool:
+        """A request that came (at least partly) in 0-RTT: accept it as ``early_data``
+        says, or answer 425 so that the client sends it again after the handshake
+        (RFC 8470 §5.2) — it never reaches the pipeline, let alone a provider."""
+        if self.early_ok is None:
+            mode = self.listener.early_data
+            self.early_ok = mode == "on" or (
+                mode == "safe" and self.ticket is not None
+                and self.listener.tickets.claim_early_data(self.ticket))
+        counter = self.listener.early_data_total
+        if self.early_ok:
+            counter.inc(("accepted",))
+            return True
+        counter.inc(("refused",))
+        route = self.listener.s.gateway._routes.get(ex.path)
+        if route is not None:
+            ex.api = route[3]  # the error in the front door's format
+        resp = error_response(ex, RequestError(
+            "request sent in TLS early data (0-RTT), which could be a replay: send it "
+            "again now that the handshake is complete", status=425,
+            type="invalid_request_error", code="too_early"))
+        self.requests.pop(stream_id, None)
+        self.early_streams.discard(stream_id)
+        self._send(stream_id, ex, resp)
+        return False
 
     async def _serve(self, stream_id: int, ex: Exchange) -> None:
         gateway = self.listener.s.gateway  # per request: a reload swaps it
@@ -318,6 +493,7 @@ class H3Protocol(QuicConnectionProtocol):
     def _done(self, stream_id: int, task: asyncio.Task[None]) -> None:
         self.requests.pop(stream_id, None)
         self.writers.pop(stream_id, None)
+        self.early_streams.discard(stream_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("HTTP/3 request on stream %d failed", stream_id,
                       exc_info=task.exception())

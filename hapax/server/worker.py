@@ -118,6 +118,12 @@ class Server:
                           "answered.", (), lambda: {(): float(
                               sum(len(c.requests) for c in self.h3.connections)
                               if self.h3 else 0)}))
+        # Also registered by the HTTP/3 listener, which records into them: here so that
+        # every worker exposes them (at 0 without HTTP/3).
+        metrics.add(Counter("hapax_http3_early_data_total", "HTTP/3 requests received in "
+                            "0-RTT early data, by result (accepted|refused).", ("result",)))
+        metrics.add(Counter("hapax_http3_handshakes_total", "HTTP/3 (QUIC) handshakes "
+                            "completed, by session (new|resumed).", ("session",)))
 
     async def start(self, *, sock: socket.socket | None = None, host: str | None = None,
                     port: int | None = None, reuse_port: bool = False,
