@@ -371,6 +371,7 @@ def test_a_cancelled_stream_is_abandoned_and_the_others_go_on(
     assert run(go()).status == 200
     # The abandoned request was ended on the gateway too, as a client disconnect (499).
     assert wait_for(lambda: 'status="499"' in metrics(gw))
+    assert 'hapax_http3_stream_resets_total{by="client"} 1' in metrics(gw)
 
 
 def test_a_stalled_reader_holds_bounded_memory_and_does_not_block_other_streams(
@@ -406,6 +407,7 @@ def test_a_stalled_reader_holds_bounded_memory_and_does_not_block_other_streams(
     # ... and reset the stream once the reader had stalled for send_timeout.
     assert slow.reset == ErrorCode.H3_REQUEST_CANCELLED
     assert wait_for(lambda: 'status="499"' in metrics(gw))
+    assert 'hapax_http3_stream_resets_total{by="gateway"} 1' in metrics(gw)
 
 
 def test_connection_migration_keeps_the_connection_and_its_streams(
@@ -444,8 +446,10 @@ def test_connection_migration_keeps_the_connection_and_its_streams(
                 moved.close()
             return streamed, again, after, seen
 
+    assert "hapax_http3_migrations_total 0" in metrics(gw)
     streamed, again, after, seen = run(go())
     assert seen == after
+    assert "hapax_http3_migrations_total 1" in metrics(gw)
     assert streamed.status == 200 and streamed.body.endswith(b"data: [DONE]\n\n")
     assert again.status == 200
 

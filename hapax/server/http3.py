@@ -62,9 +62,9 @@ from aioquic.quic.events import (
 from aioquic.tls import Epoch, SessionTicket
 
 from hapax.errors import RequestError
-from hapax.metrics import Counter
 from hapax.pipeline.exchange import Exchange, new_request_id
 from hapax.pipeline.gateway import error_response
+from hapax.server.h3_metrics import h3_counters
 from hapax.server.tls import H3_ALPN, quic_configuration
 
 if TYPE_CHECKING:
@@ -199,13 +199,11 @@ class H3Listener:
         self.tickets = TicketStore(tls.session_tickets, tls.ticket_lifetime)
         # Get-or-create: the Server registered them already (so that they show at 0
         # without HTTP/3); the metrics are carried over by reloads.
-        metrics = state.gateway.metrics
-        self.early_data_total = metrics.add(Counter(
-            "hapax_http3_early_data_total", "HTTP/3 requests received in 0-RTT early data, "
-            "by result (accepted|refused).", ("result",)))
-        self.handshakes_total = metrics.add(Counter(
-            "hapax_http3_handshakes_total", "HTTP/3 (QUIC) handshakes completed, by session "
-            "(new|resumed).", ("session",)))
+        counters = h3_counters(state.gateway.metrics)
+        self.early_data_total = counters.early_data
+        self.handshakes_total = counters.handshakes
+        self.migrations_total = counters.migrations
+        self.stream_resets_total = counters.stream_resets
         self.connections: set[H3Protocol] = set()
         self.draining = False
         self._server: QuicServer | None = None
@@ -327,6 +325,8 @@ class H3Protocol(QuicConnectionProtocol):
         #: Whether this connection's early data is accepted (decided at its first early
         #: request: ``safe`` claims the ticket's single use then).
         self.early_ok: bool | None = None
+        #: The client's address on the connection's active path (to count migrations).
+        self.peer: Any = None
         _hook_quic(quic, self)
         listener.connections.add(self)
 
@@ -341,6 +341,11 @@ class H3Protocol(QuicConnectionProtocol):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         super().datagram_received(data, addr)
+        paths = self._quic._network_paths
+        if paths and paths[0].addr != self.peer:  # the validated path moved: a migration
+            if self.peer is not None:
+                self.listener.migrations_total.inc(())
+            self.peer = paths[0].addr
         if self.writers:  # acknowledgements may have freed room for waiting streams
             for stream_id, waiter in list(self.writers.items()):
                 if not waiter.done() and self._queued(stream_id) <= LOW_WATER:
@@ -353,6 +358,8 @@ class H3Protocol(QuicConnectionProtocol):
                 if self.listener.draining:
                     self.goaway()  # accepted during shutdown: nothing to serve on it
         elif isinstance(event, (StreamReset, StopSendingReceived)):
+            if event.stream_id in self.requests:
+                self.listener.stream_resets_total.inc(("client",))
             self._abandon(event.stream_id)
         elif isinstance(event, HandshakeCompleted):
             self.listener.handshakes_total.inc(
@@ -610,6 +617,7 @@ class H3Protocol(QuicConnectionProtocol):
 
     def _reset(self, stream_id: int, code: int) -> None:
         """Abort a request stream both ways."""
+        self.listener.stream_resets_total.inc(("gateway",))
         self._quic.reset_stream(stream_id, code)
         self._stop_reading(stream_id, code)
         self._flush()

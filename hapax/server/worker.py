@@ -27,6 +27,7 @@ from hapax.metrics import Counter, Gauge
 from hapax.node import NodeState
 from hapax.node_metrics import NodeMetrics
 from hapax.pipeline.gateway import Gateway
+from hapax.server.h3_metrics import h3_counters
 from hapax.server.http11 import HTTP11Protocol, ListenerState
 from hapax.server.tls import reload_tcp_context, tcp_context
 
@@ -120,10 +121,7 @@ class Server:
                               if self.h3 else 0)}))
         # Also registered by the HTTP/3 listener, which records into them: here so that
         # every worker exposes them (at 0 without HTTP/3).
-        metrics.add(Counter("hapax_http3_early_data_total", "HTTP/3 requests received in "
-                            "0-RTT early data, by result (accepted|refused).", ("result",)))
-        metrics.add(Counter("hapax_http3_handshakes_total", "HTTP/3 (QUIC) handshakes "
-                            "completed, by session (new|resumed).", ("session",)))
+        h3_counters(metrics)
 
     async def start(self, *, sock: socket.socket | None = None, host: str | None = None,
                     port: int | None = None, reuse_port: bool = False,
