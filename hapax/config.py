@@ -121,6 +121,10 @@ class TLSConfig:
                                "connection (QUIC's bidirectional stream limit); the idle "
                                "timeout of a connection is `limits.keepalive`.",
                                conv_int(1, 10000), 100)
+    max_connections: int = setting("HTTP/3: QUIC connections open at once; a new one beyond "
+                                   "is refused at its first packet (CONNECTION_REFUSED), and "
+                                   "the client falls back to HTTP/1.1 over TCP.",
+                                   conv_int(1), 10000)
     early_data: str = setting(
         "HTTP/3 0-RTT (requests sent before the handshake completes, replayable by "
         "whoever captured them): `off` refuses them with 425 `too_early` (tickets then "

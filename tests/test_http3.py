@@ -662,3 +662,22 @@ def test_tls_config_errors_name_the_file_and_key(tmp_path: Path, certs: DevCerts
     with pytest.raises(ConfigError) as err:
         from_dict({"server": {"tls": {"cert": str(certs.cert)}}})
     assert "server.tls.key" in str(err.value)
+
+
+def test_connections_beyond_max_connections_are_refused(
+        hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
+    gw = hapax_gateway(tls_config(fake_provider, certs, max_connections=2))
+
+    async def go() -> tuple[H3Reply, str]:
+        async with h3_client(gw, certs) as first, h3_client(gw, certs):
+            with pytest.raises(ConnectionError):
+                async with h3_client(gw, certs):
+                    pass
+            refused = metrics(gw)
+            # The connections already open are not disturbed.
+            return await first.request("POST", CHAT, chat_body()), refused
+
+    reply, refused = run(go())
+    assert reply.status == 200
+    assert "hapax_http3_connections_refused_total 1" in refused
+    assert len(fake_provider.requests) == 1

@@ -17,6 +17,7 @@ class H3Counters:
     handshakes: Counter
     migrations: Counter
     stream_resets: Counter
+    refused: Counter
 
 
 def h3_counters(metrics: Metrics) -> H3Counters:
@@ -34,6 +35,10 @@ def h3_counters(metrics: Metrics) -> H3Counters:
         stream_resets=metrics.add(Counter(
             "hapax_http3_stream_resets_total", "HTTP/3 request streams reset, by who reset "
             "them (client|gateway).", ("by",))),
+        refused=metrics.add(Counter(
+            "hapax_http3_connections_refused_total", "New HTTP/3 connections refused "
+            "because server.tls.max_connections were open.", ())),
     )
-    counters.migrations.inc((), 0.0)  # a series from the start (it has no labels)
+    counters.migrations.inc((), 0.0)  # series from the start (they have no labels)
+    counters.refused.inc((), 0.0)
     return counters

@@ -59,6 +59,7 @@ from aioquic.quic.events import (
     StopSendingReceived,
     StreamReset,
 )
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import Epoch, SessionTicket
 
 from hapax.errors import RequestError
@@ -194,6 +195,7 @@ class H3Listener:
     def __init__(self, state: ListenerState, tls: TLSConfig) -> None:
         self.s = state
         self.max_streams = tls.max_streams
+        self.max_connections = tls.max_connections
         self.configuration = quic_configuration(tls, idle_timeout=state.limits.keepalive)
         self.early_data = tls.early_data
         self.tickets = TicketStore(tls.session_tickets, tls.ticket_lifetime)
@@ -204,6 +206,7 @@ class H3Listener:
         self.handshakes_total = counters.handshakes
         self.migrations_total = counters.migrations
         self.stream_resets_total = counters.stream_resets
+        self.refused_total = counters.refused
         self.connections: set[H3Protocol] = set()
         self.draining = False
         self._server: QuicServer | None = None
@@ -229,7 +232,10 @@ class H3Listener:
         self._transport = transport
 
     def _accept(self, quic: QuicConnection, stream_handler: Any = None) -> H3Protocol:
-        return H3Protocol(quic, self)
+        protocol = H3Protocol(quic, self)
+        if len(self.connections) > self.max_connections:
+            protocol.refused = True  # closed once its first packet has been read
+        return protocol
 
     @property
     def sockets(self) -> list[Any]:
@@ -245,6 +251,7 @@ class H3Listener:
         self.configuration.load_cert_chain(tls.cert, tls.key)
         self.configuration.idle_timeout = idle_timeout
         self.max_streams = tls.max_streams
+        self.max_connections = tls.max_connections
         self.early_data = tls.early_data
         self.tickets = TicketStore(tls.session_tickets, tls.ticket_lifetime)
 
@@ -327,6 +334,8 @@ class H3Protocol(QuicConnectionProtocol):
         self.early_ok: bool | None = None
         #: The client's address on the connection's active path (to count migrations).
         self.peer: Any = None
+        #: Accepted beyond ``server.tls.max_connections``: refused at its first packet.
+        self.refused = False
         _hook_quic(quic, self)
         listener.connections.add(self)
 
@@ -340,6 +349,19 @@ class H3Protocol(QuicConnectionProtocol):
     # -- QUIC and HTTP/3 events -----------------------------------------------------------
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.refused:
+            # Over server.tls.max_connections: read the client's Initial packet (it
+            # carries the keys to answer with) but send only CONNECTION_REFUSED, before
+            # any of the handshake: the client falls back to HTTP/1.1 over TCP.
+            if not self.closed:
+                self.closed = True
+                self.listener.refused_total.inc(())
+                assert isinstance(data, bytes)  # a datagram socket delivers bytes
+                self._quic.receive_datagram(data, addr, now=self._loop.time())
+                self._quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED,
+                                 reason_phrase="too many connections")
+                self.transmit()
+            return
         super().datagram_received(data, addr)
         paths = self._quic._network_paths
         if paths and paths[0].addr != self.peer:  # the validated path moved: a migration
