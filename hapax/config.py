@@ -230,7 +230,8 @@ class BreakerConfig:
     opens after `failures` consecutive failures, or when at least `min_requests` attempts
     in the last `window` failed at `error_rate` or more.  An open target is skipped; after
     `cooldown` it is half-open and lets `half_open_requests` attempts through: a success
-    closes it, a failure opens it again.  Per worker."""
+    closes it, a failure opens it again for twice as long (up to `max_cooldown`).  Per
+    worker."""
 
     failures: int = setting("Consecutive failed attempts that open the breaker.",
                             conv_int(1, 100000), 5)
@@ -241,8 +242,12 @@ class BreakerConfig:
     min_requests: int = setting("Attempts needed in the window before `error_rate` applies.",
                                 conv_int(1), 20)
     cooldown: float = setting("How long an open breaker skips the target before it lets "
-                              "probe requests through (half-open).", conv_duration, 30.0,
-                              shown_default="30s")
+                              "probe requests through (half-open).  Each failed probe "
+                              "doubles it, up to `max_cooldown`; closing resets it.",
+                              conv_duration, 30.0, shown_default="30s")
+    max_cooldown: float = setting("The longest cooldown after repeated failed probes (at "
+                                  "least `cooldown`).", conv_duration, 300.0,
+                                  shown_default="5m")
     half_open_requests: int = setting("Attempts let through at once while half-open; their "
                                       "outcome closes or re-opens the breaker.",
                                       conv_int(1, 1000), 1)

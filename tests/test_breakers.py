@@ -124,6 +124,29 @@ def test_a_failed_probe_request_opens_it_again(hapax_gateway: GatewayFactory,
     assert admin_health(gw)["models"]["m"]["targets"][0]["breaker"] == "open"
 
 
+def test_each_failed_probe_doubles_the_cooldown_up_to_max_cooldown(
+        hapax_gateway: GatewayFactory, fake_provider: FakeProvider,
+        second: FakeProvider) -> None:
+    fake_provider.queue(Reply(status=500), Reply(status=500), Reply(status=500))
+    gw = hapax_gateway(config(fake_provider.base_url, second.base_url,
+                              {"failures": 1, "cooldown": "400ms", "max_cooldown": "1s"}))
+    th = gw.gateway.health.get(Target("primary", "m"))
+    chat(gw)  # opens for 0.4 s
+    assert th.cooldown == pytest.approx(0.4)
+    time.sleep(0.45)
+    chat(gw)  # the probe fails: open again, for 0.8 s
+    assert posts(fake_provider) == 2 and th.cooldown == pytest.approx(0.8)
+    time.sleep(0.45)
+    assert chat(gw).headers["x-hapax-provider"] == "secondary"  # 0.4 s would be over
+    assert posts(fake_provider) == 2
+    time.sleep(0.4)
+    chat(gw)  # a probe again, failing: capped at max_cooldown
+    assert posts(fake_provider) == 3 and th.cooldown == pytest.approx(1.0)
+    time.sleep(1.05)
+    assert chat(gw).headers["x-hapax-provider"] == "primary"  # healthy now: closed
+    assert th.state == CLOSED and th.cooldown == pytest.approx(0.4)
+
+
 def test_half_open_lets_exactly_the_configured_probes_through(
         hapax_gateway: GatewayFactory, fake_provider: FakeProvider,
         second: FakeProvider) -> None:

@@ -71,7 +71,8 @@ class TargetHealth:
     (the first event of a stream), successful attempts only, ``None`` until one.
     """
 
-    __slots__ = ("target", "breaker", "state", "failures", "opened_at", "probes", "generation",
+    __slots__ = ("target", "breaker", "state", "failures", "opened_at", "cooldown", "probes",
+                 "generation",
                  "outstanding", "ewma", "last_error", "last_success", "last_failure",
                  "_bucket_len", "_ids", "_totals", "_failed", "_on_change")
 
@@ -82,6 +83,9 @@ class TargetHealth:
         self.state = CLOSED
         self.failures = 0  # consecutive
         self.opened_at = 0.0
+        #: The current open period: ``breaker.cooldown``, doubled by each failed probe up
+        #: to ``breaker.max_cooldown``, back to ``breaker.cooldown`` once closed.
+        self.cooldown = breaker.cooldown if breaker is not None else 0.0
         self.probes = 0  # half-open probe requests in flight
         self.generation = 0  # bumped at each half-open: a stale probe ticket releases nothing
         self.outstanding = 0
@@ -161,6 +165,11 @@ class TargetHealth:
             self._move(HALF_OPEN, time.monotonic())
 
     def _move(self, state: int, now: float) -> None:
+        breaker = self.breaker
+        if state == OPEN and breaker is not None:
+            # A failed probe (half-open -> open): back off longer before the next one.
+            self.cooldown = (min(max(breaker.max_cooldown, breaker.cooldown), self.cooldown * 2)
+                             if self.state == HALF_OPEN else breaker.cooldown)
         self.state = state
         if state == OPEN:
             self.opened_at = now
@@ -170,6 +179,8 @@ class TargetHealth:
         else:
             self.failures = 0
             self._reset_window()  # a fresh start: old failures do not re-open it
+            if breaker is not None:
+                self.cooldown = breaker.cooldown
         self._on_change(self, state)
 
     # -- asked by the executor --------------------------------------------------------
@@ -178,7 +189,7 @@ class TargetHealth:
         """Seconds until an open breaker lets probe requests through (0 when not open)."""
         if self.state != OPEN or self.breaker is None:
             return 0.0
-        return max(0.0, self.opened_at + self.breaker.cooldown
+        return max(0.0, self.opened_at + self.cooldown
                    - (time.monotonic() if now is None else now))
 
     def is_open(self) -> bool:
@@ -297,7 +308,7 @@ class Health:
             th = self.get(target)
             # Not `outstanding` nor half-open `probes`: the old gateway's attempts in flight
             # give theirs back to the old registry when they end.
-            for name in ("state", "failures", "opened_at", "generation", "ewma",
+            for name in ("state", "failures", "opened_at", "cooldown", "generation", "ewma",
                          "last_error", "last_success", "last_failure"):
                 setattr(th, name, getattr(prev, name))
             if th.breaker is None:
