@@ -65,7 +65,9 @@ from aioquic.h3.events import DataReceived, HeadersReceived  # noqa: E402
 from aioquic.quic.configuration import QuicConfiguration  # noqa: E402
 from aioquic.quic.events import HandshakeCompleted, QuicEvent  # noqa: E402
 from aioquic.tls import SessionTicket  # noqa: E402
-from run import ALIAS, BODY, HOST, KEY, Procs, cpu_model, pin, proc_cpu_seconds  # noqa: E402
+from loadgen import BODY  # noqa: E402
+from report import cpu_model  # noqa: E402
+from servers import ALIAS, HOST, KEY, Procs, pin, proc_cpu_seconds  # noqa: E402
 
 from hapax.server.tls import DevCerts, make_dev_certs  # noqa: E402
 

@@ -11,6 +11,10 @@ Closed loop (``--closed C``): C keep-alive connections, each sending its next re
 when the previous answer is complete: the fallback for maximum throughput when ``wrk``
 is not installed.
 
+Besides the latency to the complete answer it records the time to the first body bytes
+(``ttft_*``: for a streamed request, the first SSE event), the latency of 2xx answers
+alone (``ok_*``) and of shed ones (``shed_*``: 429 and 503), and a count per status.
+
 uvloop + httptools, raw sockets.  Prints one JSON object (latencies in ms).  Bounded: it
 stops after ``--warmup`` + ``--duration`` seconds plus at most ``--drain`` seconds of
 waiting for late answers (those count as errors).
@@ -37,7 +41,7 @@ _now = time.perf_counter  # uvloop's loop.time() is cached per iteration at 1 ms
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("gen", "transport", "parser", "due", "status", "busy")
+    __slots__ = ("gen", "transport", "parser", "due", "status", "busy", "first")
 
     def __init__(self, gen: Generator) -> None:
         self.gen = gen
@@ -46,6 +50,7 @@ class _Conn(asyncio.Protocol):
         self.due = 0.0
         self.status = 0
         self.busy = False
+        self.first = 0.0  # when the first body bytes of the current answer arrived
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -59,6 +64,10 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.first:
+            self.first = _now()
+
     def on_message_complete(self) -> None:
         self.gen.completed(self, self.parser.should_keep_alive())
 
@@ -68,6 +77,7 @@ class _Conn(asyncio.Protocol):
     def send(self, due: float, data: bytes) -> None:
         self.due = due
         self.status = 0
+        self.first = 0.0
         self.busy = True
         assert self.transport is not None
         self.transport.write(data)
@@ -85,6 +95,10 @@ class Generator:
         self.opening = 0
         self.opened = 0
         self.latencies: list[float] = []
+        self.ok_latencies: list[float] = []  # 2xx answers only
+        self.shed_latencies: list[float] = []  # 429 and 503: load shedding
+        self.ttft: list[float] = []  # due time to first body bytes
+        self.statuses: dict[int, int] = {}
         self.measure_from = float("inf")  # requests due before this are warm-up
         self.errors = 0
         self.non2xx = 0
@@ -140,8 +154,15 @@ class Generator:
         self.outstanding -= 1
         if conn.due >= self.measure_from:
             self.latencies.append(t - conn.due)
-            if not 200 <= conn.status < 300:
+            self.statuses[conn.status] = self.statuses.get(conn.status, 0) + 1
+            if 200 <= conn.status < 300:
+                self.ok_latencies.append(t - conn.due)
+                if conn.first:
+                    self.ttft.append(conn.first - conn.due)
+            else:
                 self.non2xx += 1
+                if conn.status in (429, 503):
+                    self.shed_latencies.append(t - conn.due)
         if keep_alive:
             self._next(conn)
         else:
@@ -184,12 +205,20 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[idx]
 
 
-def summary(lat: list[float]) -> dict[str, float]:
+def summary(lat: list[float], prefix: str = "") -> dict[str, float]:
     s = sorted(lat)
-    out = {f"p{q:g}_ms": _percentile(s, q) * 1e3 for q in (50, 90, 99, 99.9)}
-    out["max_ms"] = s[-1] * 1e3 if s else float("nan")
-    out["mean_ms"] = sum(s) / len(s) * 1e3 if s else float("nan")
+    out = {f"{prefix}p{q:g}_ms": _percentile(s, q) * 1e3 for q in (50, 90, 99, 99.9)}
+    out[f"{prefix}max_ms"] = s[-1] * 1e3 if s else float("nan")
+    out[f"{prefix}mean_ms"] = sum(s) / len(s) * 1e3 if s else float("nan")
     return out
+
+
+def details(gen: Generator) -> dict[str, Any]:
+    """Statuses, and the percentiles of 2xx answers, shed answers and first bytes."""
+    return {"statuses": {str(k): v for k, v in sorted(gen.statuses.items())},
+            "ok": len(gen.ok_latencies), "shed": len(gen.shed_latencies),
+            **summary(gen.ok_latencies, "ok_"), **summary(gen.shed_latencies, "shed_"),
+            **summary(gen.ttft, "ttft_")}
 
 
 async def open_loop(gen: Generator, rate: float, warmup: float, duration: float,
@@ -221,7 +250,7 @@ async def open_loop(gen: Generator, rate: float, warmup: float, duration: float,
             "non2xx": gen.non2xx, "connections": gen.opened,
             "achieved_rps": measured / duration if duration else 0.0,
             "send_lag_p99_ms": _percentile(sorted(gen.send_lag), 99) * 1e3,
-            **summary(gen.latencies)}
+            **summary(gen.latencies), **details(gen)}
 
 
 async def closed_loop(gen: Generator, concurrency: int, warmup: float,
@@ -253,7 +282,7 @@ async def closed_loop(gen: Generator, concurrency: int, warmup: float,
     return {"mode": "closed", "concurrency": concurrency, "duration_s": duration,
             "completed": len(gen.latencies), "errors": gen.errors + max(0, gen.outstanding),
             "non2xx": gen.non2xx, "rps": len(gen.latencies) / duration,
-            **summary(gen.latencies)}
+            **summary(gen.latencies), **details(gen)}
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: list[str]) -> bytes:

@@ -2,12 +2,15 @@
 
 ``POST /v1/chat/completions`` answers a fixed chat completion, or a fixed SSE stream when
 the request's ``Accept`` header asks for ``text/event-stream``; every other request gets a
-404.  Nothing is parsed but HTTP framing, so the stub costs as little as a Python server
-can: the load tool prefers nginx and falls back to this; the upstream-client benchmark
-uses it so both clients face the same server.
+404.  With ``--sse-delay MS`` the stream's events are written one at a time, MS apart (the
+load tool's check that the gateway relays chunk by chunk, without buffering).
 
-Run: ``python benchmarks/load/stub.py [--port 0] [--host 127.0.0.1]`` — prints
-``PORT <n>`` once listening, serves until SIGTERM/SIGINT.
+Nothing is parsed but HTTP framing, so the stub costs as little as a Python server can:
+the load tool prefers nginx and falls back to this; the upstream-client benchmark uses it
+so both clients face the same server.
+
+Run: ``python benchmarks/load/stub.py [--port 0] [--host 127.0.0.1] [--sse-delay MS]`` —
+prints ``PORT <n>`` once listening, serves until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -58,15 +61,18 @@ def _response(ctype: bytes, body: bytes) -> bytes:
 
 _JSON_RESP = _response(b"application/json", COMPLETION)
 _SSE_RESP = _response(b"text/event-stream", SSE_BODY)
+_SSE_HEAD, _, _ = _SSE_RESP.partition(b"\r\n\r\n")
+_SSE_EVENTS = [e + b"\n\n" for e in SSE_BODY.split(b"\n\n") if e]
 _NOT_FOUND = _response(b"application/json", b'{"error":{"message":"not found"}}').replace(
     b"200 OK", b"404 Not Found", 1)
 _CLOSE = b"connection: close\r\n"
 
 
 class _Stub(asyncio.Protocol):
-    __slots__ = ("transport", "parser", "url", "sse")
+    __slots__ = ("transport", "parser", "url", "sse", "delay")
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # seconds between SSE events; 0 writes the stream at once
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
@@ -99,7 +105,10 @@ class _Stub(asyncio.Protocol):
             resp = _SSE_RESP if self.sse else _JSON_RESP
         else:
             resp = _NOT_FOUND
-        if self.parser.should_keep_alive():
+        if resp is _SSE_RESP and self.delay:
+            self.transport.write(_SSE_HEAD + b"\r\n\r\n")
+            self._trickle(0)
+        elif self.parser.should_keep_alive():
             self.transport.write(resp)
         else:
             head, _, body = resp.partition(b"\r\n\r\n")
@@ -107,16 +116,33 @@ class _Stub(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(host: str = "127.0.0.1", port: int = 0) -> asyncio.base_events.Server:
-    """Start the stub on the running loop; ``server.sockets[0]`` has the port."""
+    def _trickle(self, i: int) -> None:
+        """Write event ``i`` of the stream, and schedule the next one ``delay`` later."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(_SSE_EVENTS[i])
+        if i + 1 < len(_SSE_EVENTS):
+            asyncio.get_running_loop().call_later(self.delay, self._trickle, i + 1)
+        elif not self.parser.should_keep_alive():
+            self.transport.close()
+
+
+async def serve(host: str = "127.0.0.1", port: int = 0,
+                sse_delay: float = 0.0) -> asyncio.base_events.Server:
+    """Start the stub on the running loop; ``server.sockets[0]`` has the port.
+
+    ``sse_delay``: seconds between the events of a streamed answer (0: all at once).
+    """
     loop = asyncio.get_running_loop()
-    return await loop.create_server(_Stub, host, port, backlog=4096)
+    return await loop.create_server(lambda: _Stub(sse_delay), host, port, backlog=4096)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--sse-delay", type=float, default=0.0, metavar="MS",
+                        help="milliseconds between the events of a streamed answer")
     args = parser.parse_args(argv)
     loop: asyncio.AbstractEventLoop
     try:
@@ -126,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(serve(args.host, args.port))
+    server = loop.run_until_complete(serve(args.host, args.port, args.sse_delay / 1e3))
     print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
