@@ -171,15 +171,23 @@ class Pieces:
     """Stands in for an UpstreamResponse: yields prepared reads, no socket."""
 
     def __init__(self, pieces: list[bytes]) -> None:
-        self._it = iter(pieces)
+        self._pieces = pieces
+        self._next = 0
+
+    @property
+    def done(self) -> bool:
+        """Everything was read (as UpstreamResponse.done: the stream's end arrived with
+        its last piece, so the relay has nothing to drain after [DONE])."""
+        return self._next >= len(self._pieces)
 
     def __aiter__(self) -> Pieces:
         return self
 
     async def __anext__(self) -> bytes:
-        for piece in self._it:
-            return piece
-        raise StopAsyncIteration
+        if self._next >= len(self._pieces):
+            raise StopAsyncIteration
+        self._next += 1
+        return self._pieces[self._next - 1]
 
     def close(self) -> None:
         pass
