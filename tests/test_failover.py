@@ -122,3 +122,19 @@ def test_spent_retry_budget_fails_over_without_retrying(hapax_gateway: GatewayFa
     assert raw.headers["x-hapax-provider"] == "secondary"
     assert len(fake_provider.requests) == 1  # no retry: straight to the next target
     assert len(second.requests) == 1
+
+
+def test_retry_budget_is_a_share_of_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("hapax.pipeline.executor.time.monotonic", lambda: now[0])
+    budget = RetryBudget(ratio=0.5, window=10.0, floor=2)
+    for _ in range(10):
+        budget.note_request()
+    assert [budget.try_spend() for _ in range(8)] == [True] * 7 + [False]  # 2 + 0.5 x 10
+    now[0] += 5.0  # half the window later: the same requests and retries still count
+    assert not budget.try_spend()
+    budget.note_request()
+    budget.note_request()
+    assert budget.try_spend() and not budget.try_spend()  # 2 + 0.5 x 12 = 8
+    now[0] += 10.0  # the window has passed: only the floor is left
+    assert [budget.try_spend() for _ in range(3)] == [True, True, False]

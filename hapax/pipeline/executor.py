@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Iterable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -112,31 +111,42 @@ def request_timeout(ex: Exchange, ceiling: float) -> float:
 
 class RetryBudget:
     """Retries allowed: ``ratio`` of the requests seen over the last ``window`` seconds,
-    plus ``floor`` (so a quiet gateway can still retry).  Per worker."""
+    plus ``floor`` (so a quiet gateway can still retry).  Per worker.
+
+    Counted in ``BUCKETS`` time buckets (a ring): recording a request is an increment,
+    not an append to a list of every request of the window."""
+
+    BUCKETS = 10
 
     def __init__(self, ratio: float = 0.2, window: float = 10.0, floor: int = 10) -> None:
         self.ratio, self.window, self.floor = ratio, window, floor
-        self._requests: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._width = window / self.BUCKETS
+        self._ids = [-1] * self.BUCKETS  # which time slice each bucket holds
+        self._requests = [0] * self.BUCKETS
+        self._retries = [0] * self.BUCKETS
 
-    def _trim(self, now: float) -> None:
-        edge = now - self.window
-        for q in (self._requests, self._retries):
-            while q and q[0] < edge:
-                q.popleft()
+    def _bucket(self) -> int:
+        idx = int(time.monotonic() / self._width)
+        slot = idx % self.BUCKETS
+        if self._ids[slot] != idx:
+            self._ids[slot], self._requests[slot], self._retries[slot] = idx, 0, 0
+        return slot
 
     def note_request(self) -> None:
-        now = time.monotonic()
-        self._trim(now)
-        self._requests.append(now)
+        self._requests[self._bucket()] += 1
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when it is spent."""
-        now = time.monotonic()
-        self._trim(now)
-        if len(self._retries) >= self.floor + self.ratio * len(self._requests):
+        slot = self._bucket()
+        edge = self._ids[slot] - self.BUCKETS
+        requests = retries = 0
+        for i, idx in enumerate(self._ids):
+            if idx > edge:
+                requests += self._requests[i]
+                retries += self._retries[i]
+        if retries >= self.floor + self.ratio * requests:
             return False
-        self._retries.append(now)
+        self._retries[slot] += 1
         return True
 
 
@@ -158,7 +168,8 @@ class Executor:
 
     async def run(self, ex: Exchange, plan: RoutePlan,
                   endpoint: str) -> Response | StreamResponse:
-        models = self.gateway.config.models
+        gateway = self.gateway
+        models = gateway.config.models
         mc = models.get(plan.alias) or models.get(ex.alias or "")
         policy = self._policies.get(id(mc))
         if policy is None:
@@ -188,7 +199,7 @@ class Executor:
                     break
                 # The deadline cancels the attempt (hapax.pipeline.deadlines: one sweep
                 # per worker, cheaper than a timer per attempt).
-                expiry = _Expiry()
+                expiry = _Expiry(gateway.loop)
                 deadlines.watch(expiry, deadline, expiry)
                 made = len(attempts)
                 reason: int | str
@@ -247,8 +258,8 @@ class _Expiry:
 
     __slots__ = ("task", "fired")
 
-    def __init__(self) -> None:
-        task = asyncio.current_task()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        task = asyncio.current_task(loop)  # the loop given: no get_running_loop() call
         assert task is not None
         self.task = task
         self.fired = False

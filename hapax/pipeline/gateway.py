@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from hapax import __version__
-from hapax._core.json import replace_string_value
+from hapax._core.json import find_value, replace_string_value
 from hapax._core.sse import event_data
 from hapax.config import Config
 from hapax.errors import (
@@ -103,6 +103,9 @@ class Gateway:
         self.executor = Executor(self)
         #: Request deadlines: one periodic sweep for the worker (hapax.pipeline.deadlines).
         self.deadlines = Deadlines()
+        #: The worker's event loop, once started (asking asyncio for it costs a getpid()
+        #: system call per request on Python 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
         #: Circuit breakers, load and latency of every target; active probes.
         self.health = Health(self)
         self.pm, self.plugin_infos = load_plugins(config, plugins)
@@ -172,6 +175,7 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         for provider in self.providers.values():
             await provider.start()
         self.health.start()
@@ -699,14 +703,13 @@ class Gateway:
         hot path."""
         ex.finished = time.perf_counter()
         self.in_flight -= 1
-        asyncio.get_running_loop().call_soon(self._after_response, ex)
+        (self.loop or asyncio.get_running_loop()).call_soon(self._after_response, ex)
 
     def _after_response(self, ex: Exchange) -> None:
         if ex.usage is None:
             resp = ex.state.pop("response", None)
             if resp is not None:
-                obj = resp.json
-                usage = obj.get("usage") if isinstance(obj, dict) else None
+                usage = _usage_of(resp)
                 if isinstance(usage, dict):
                     ex.usage = translate.openai_usage(usage) if ex.api == "anthropic" \
                         else usage
@@ -726,6 +729,21 @@ class Gateway:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("after-response hook failed", exc_info=task.exception())
+
+
+def _usage_of(resp: Response) -> Any:
+    """The ``usage`` object of a JSON answer: only that value is parsed (the Cython core
+    finds it), unless a plugin already parsed the whole body."""
+    if resp._json is not None:
+        obj = resp._json
+        return obj.get("usage") if isinstance(obj, dict) else None
+    span = find_value(resp.body, b"usage")
+    if span is None:
+        return None
+    try:
+        return orjson.loads(resp.body[span[0]:span[1]])
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _outstanding_until_closed(th: TargetHealth,
