@@ -114,10 +114,15 @@ class Histogram:
         self.series: dict[tuple[str, ...], LogHistogram] = {}
 
     def observe(self, key: tuple[str, ...], value: float) -> None:
+        self.series_for(key).record(value)
+
+    def series_for(self, key: tuple[str, ...]) -> LogHistogram:
+        """The histogram of one label set (created empty on first use); callers on a hot
+        path may keep it and ``record`` into it directly."""
         h = self.series.get(key)
         if h is None:
             h = self.series[key] = LogHistogram()
-        h.record(value)
+        return h
 
     def count(self, key: tuple[str, ...]) -> int:
         h = self.series.get(key)

@@ -1,29 +1,65 @@
-"""Records every request into the worker's metrics (off the hot path)."""
+"""Records every request into the worker's metrics (off the hot path).
+
+Per request it bumps the requests counter and three histograms.  The label tuples and
+the histogram objects of each (route, alias, provider, status) seen are kept, so a
+request costs one lookup instead of building four keys and finding four series
+(bounded: aliases are chosen by clients under a ``"*"`` route; beyond the bound, the
+keys are built per request as before).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+#: Label combinations remembered (clients choose aliases under a "*" route).
+_MEMO = 4096
+
 
 class Plugin:
     def __init__(self) -> None:
         self.metrics: Any = None
+        self._series: dict[tuple[str, str | None, str, int], tuple[Any, Any, Any, Any]] = {}
 
     def hapax_configure(self, gateway: Any) -> None:
         self.metrics = gateway.metrics
+        self._series = {}
+
+    def _resolve(self, route: str, alias: str, provider: str,
+                 status: int) -> tuple[Any, Any, Any, Any]:
+        """(requests key, duration histogram, overhead histogram, upstream histogram or
+        None)."""
+        m = self.metrics
+        # No upstream series for requests that never reached a provider.
+        upstream = m.upstream_latency.series_for((provider,)) if provider else None
+        return ((route, alias, provider, str(status)),
+                m.request_duration.series_for((route,)), m.gateway_overhead.series_for((route,)),
+                upstream)
 
     def hapax_after_response(self, exchange: Any) -> None:
         m = self.metrics
         target = exchange.target
         provider = target.provider if target else ""
         route = exchange.route
-        m.requests.inc((route, exchange.alias or "", provider, str(exchange.status)))
-        m.request_duration.observe((route,), exchange.finished - exchange.started)
-        m.gateway_overhead.observe((route,), exchange.gateway_time)
-        if exchange.upstream_time:
-            m.upstream_latency.observe((provider,), exchange.upstream_time)
+        alias = exchange.alias or ""
+        memo = (route, alias, provider, exchange.status)
+        series = self._series.get(memo)
+        if series is None:
+            series = self._resolve(route, alias, provider, exchange.status)
+            if len(self._series) < _MEMO:
+                self._series[memo] = series
+        key, duration, overhead, upstream = series
+        values = m.requests.values
+        values[key] = values.get(key, 0.0) + 1.0
+        total = exchange.finished - exchange.started
+        duration.record(total)
+        upstream_time = exchange.upstream_time
+        overhead.record(max(0.0, total - upstream_time))
+        if upstream_time:
+            if upstream is None:
+                m.upstream_latency.observe((provider,), upstream_time)
+            else:
+                upstream.record(upstream_time)
         usage = exchange.usage
         if usage:
-            alias = exchange.alias or ""
             m.tokens.inc((alias, provider, "prompt"), usage.get("prompt_tokens") or 0)
             m.tokens.inc((alias, provider, "completion"), usage.get("completion_tokens") or 0)
