@@ -12,6 +12,7 @@ import orjson
 from hapax.errors import RequestError
 
 __all__ = [
+    "aclose_events",
     "Principal",
     "Denial",
     "Target",
@@ -149,3 +150,17 @@ class StreamResponse:
         self.headers = headers if headers is not None else [
             (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         self.close = close
+
+    async def release(self) -> None:
+        """What a consumer does once it stops reading, at the end or midway: call
+        ``close`` and close the ``events`` generator (its ``finally`` blocks run now)."""
+        if self.close is not None:
+            self.close()
+        await aclose_events(self.events)
+
+
+async def aclose_events(events: AsyncIterator[list[bytes]]) -> None:
+    """Close an events iterator if it is an async generator (run its ``finally`` now)."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

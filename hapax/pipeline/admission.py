@@ -40,7 +40,7 @@ from hapax.config import Config, ProviderConfig
 from hapax.errors import RequestError
 from hapax.metrics import Counter, Gauge, Histogram, Metrics
 from hapax.node import NodeState
-from hapax.types import Response, StreamResponse
+from hapax.types import Response, StreamResponse, aclose_events
 
 __all__ = ["ProviderQueue", "QueueRejected", "build_queues", "PRIORITIES", "POLL"]
 
@@ -347,9 +347,7 @@ async def _held(events: AsyncIterator[list[bytes]], slot: _Slot) -> AsyncIterato
         ended = True
     finally:
         slot.release(measured=ended)
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose_events(events)
 
 
 def build_queues(config: Config, node: NodeState, metrics: Metrics) -> dict[str, ProviderQueue]:

@@ -233,11 +233,7 @@ class Dedup:
             self._forget(flight)
             replay.close()
             flight.pulse()
-            if resp.close is not None:
-                resp.close()
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await resp.release()
 
     def _forget(self, flight: Flight) -> None:
         """No newcomer joins ``flight`` any more."""

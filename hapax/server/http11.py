@@ -481,11 +481,7 @@ class HTTP11Protocol(asyncio.Protocol):
             if chunked:
                 transport.write(b"0\r\n\r\n")
         finally:
-            if resp.close is not None:
-                resp.close()
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await resp.release()
 
     async def _drain(self) -> None:
         waiter = self.drain_waiter = self.loop.create_future()

@@ -608,11 +608,7 @@ class H3Protocol(QuicConnectionProtocol):
             h3.send_data(stream_id, b"", end_stream=True)
             self._flush()
         finally:
-            if resp.close is not None:
-                resp.close()
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await resp.release()
 
     def _queued(self, stream_id: int) -> int:
         """Bytes of the stream's response sent or waiting but not yet acknowledged."""
