@@ -12,18 +12,15 @@ import datetime
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from aioquic.quic.events import HandshakeCompleted, QuicEvent
 from aioquic.tls import CipherSuite, SessionTicket
+from h3client import H3Client, H3Reply
 from helpers import GatewayFactory, wait_for
 
 from hapax.server.http3 import TicketStore
@@ -51,26 +48,12 @@ def early_data(gw: GatewayThread) -> dict[str, float]:
     return {result: counter.get((result,)) for result in ("accepted", "refused")}
 
 
-@dataclass
-class Reply:
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-class Client(QuicConnectionProtocol):
-    """aioquic's HTTP/3 client, reduced to what these tests need; records every datagram
-    it sends (to replay a first flight) and the outcome of its handshake."""
+class Client(H3Client):
+    """The tests' HTTP/3 client (tests/h3client.py), also recording every datagram it
+    sends (to replay a first flight) and the outcome of its handshake."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.h3 = H3Connection(self._quic)
-        self.replies: dict[int, Reply] = {}
-        self.done: dict[int, asyncio.Event] = {}
         self.handshake: HandshakeCompleted | None = None
         self.sent: list[bytes] = []
 
@@ -87,38 +70,11 @@ class Client(QuicConnectionProtocol):
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.handshake = event
-        elif isinstance(event, ConnectionTerminated):
-            for done in self.done.values():
-                done.set()
-        for h3_event in self.h3.handle_event(event):
-            if not isinstance(h3_event, (HeadersReceived, DataReceived)):
-                continue
-            reply = self.replies.get(h3_event.stream_id)
-            if reply is None:
-                continue
-            if isinstance(h3_event, HeadersReceived):
-                for name, value in h3_event.headers:
-                    if name == b":status":
-                        reply.status = int(value)
-                    else:
-                        reply.headers[name.decode()] = value.decode()
-            else:
-                reply.body += h3_event.data
-            if h3_event.stream_ended:
-                self.done[h3_event.stream_id].set()
+        super().quic_event_received(event)
 
-    async def chat(self, path: str = CHAT, body: bytes = BODY) -> Reply:
+    async def chat(self, path: str = CHAT, body: bytes = BODY) -> H3Reply:
         """POST ``body``: sent at once, so in 0-RTT if the handshake is not done yet."""
-        stream_id = self._quic.get_next_available_stream_id()
-        reply = self.replies[stream_id] = Reply()
-        done = self.done[stream_id] = asyncio.Event()
-        self.h3.send_headers(stream_id, [
-            (b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"127.0.0.1"),
-            (b":path", path.encode()), (b"content-type", b"application/json")])
-        self.h3.send_data(stream_id, body, end_stream=True)
-        self.transmit()
-        await asyncio.wait_for(done.wait(), 15)
-        return reply
+        return await self.request("POST", path, body)
 
 
 @asynccontextmanager
@@ -157,7 +113,7 @@ def test_safe_accepts_a_tickets_early_data_once_and_refuses_a_second_use_with_42
         hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
     gw = start(hapax_gateway, fake_provider, certs)  # early_data: safe is the default
 
-    async def go() -> tuple[Reply, Client, Reply, int, Reply, Client]:
+    async def go() -> tuple[H3Reply, Client, H3Reply, int, H3Reply, Client]:
         ticket = await first_ticket(gw, certs)
         assert ticket.max_early_data_size is not None  # the ticket offers 0-RTT
         async with client(gw, certs, [], ticket=ticket) as early:
@@ -195,7 +151,7 @@ def test_safe_refuses_a_replayed_first_flight(
     request) captured and sent again, from another address, once the client is gone."""
     gw = start(hapax_gateway, fake_provider, certs)
 
-    async def capture() -> tuple[Reply, list[bytes]]:
+    async def capture() -> tuple[H3Reply, list[bytes]]:
         ticket = await first_ticket(gw, certs)
         async with client(gw, certs, [], ticket=ticket) as early:
             stream_id = early._quic.get_next_available_stream_id()
@@ -236,7 +192,7 @@ def test_on_accepts_early_data_every_time_even_replayed(
         hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
     gw = start(hapax_gateway, fake_provider, certs, early_data="on")
 
-    async def go() -> list[Reply]:
+    async def go() -> list[H3Reply]:
         ticket = await first_ticket(gw, certs)
         replies = []
         for _ in range(2):
@@ -254,7 +210,7 @@ def test_off_issues_tickets_for_resumption_without_early_data(
         hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
     gw = start(hapax_gateway, fake_provider, certs, early_data="off")
 
-    async def go() -> tuple[SessionTicket, Reply, Client]:
+    async def go() -> tuple[SessionTicket, H3Reply, Client]:
         ticket = await first_ticket(gw, certs)
         async with client(gw, certs, [], ticket=ticket) as resumed:
             # Sent at once, but the ticket offers no early data: it waits for the handshake.
@@ -275,7 +231,7 @@ def test_off_refuses_early_data_a_client_sends_anyway(
     data in, the listener answers 425 (in the Anthropic format on /v1/messages)."""
     gw = start(hapax_gateway, fake_provider, certs, early_data="off")
 
-    async def go() -> tuple[Reply, Reply, Client]:
+    async def go() -> tuple[H3Reply, H3Reply, Client]:
         ticket = await first_ticket(gw, certs)
         ticket.max_early_data_size = 0xFFFFFFFF  # what aioquic's client expects
         async with client(gw, certs, [], ticket=ticket) as early:
