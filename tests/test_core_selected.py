@@ -17,6 +17,7 @@ from hapax._core import fingerprint as core_fingerprint
 from hapax._core import flight as core_flight
 from hapax._core import gcra as core_gcra
 from hapax._core import histogram as core_histogram
+from hapax._core import http1 as core_http1
 from hapax._core import json as core_json
 from hapax._core import ring as core_ring
 from hapax._core import shm as core_shm
@@ -37,6 +38,8 @@ UNITS = {
     core_gcra: ("gcra", ["GCRA"]),
     core_histogram: ("histogram", ["LogHistogram", "bucket_index", "upper_bound",
                                    "nearest_bound"]),
+    core_http1: ("http1", ["RequestHead", "BODY_TOO_LARGE", "EXPECT_CONTINUE", "BODY_FRAMED",
+                           "status_line", "response_head", "chunk"]),
 }
 
 

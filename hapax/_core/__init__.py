@@ -20,6 +20,7 @@ try:
         _flight_c,
         _gcra_c,
         _histogram_c,
+        _http1_c,
         _json_c,
         _ring_c,
         _shm_c,

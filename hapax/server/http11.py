@@ -18,12 +18,20 @@ import asyncio
 import logging
 import time
 from collections import deque
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httptools
 import orjson
 
+from hapax._core.http1 import (
+    BODY_FRAMED,
+    BODY_TOO_LARGE,
+    EXPECT_CONTINUE,
+    RequestHead,
+    chunk,
+    response_head,
+    status_line,
+)
 from hapax.pipeline.exchange import Exchange, new_request_id
 
 if TYPE_CHECKING:
@@ -34,15 +42,10 @@ __all__ = ["HTTP11Protocol", "ListenerState", "status_line"]
 
 log = logging.getLogger("hapax.server")
 
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
-
-
 _IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE = b"connection: close\r\n"
+_KEEP_ALIVE = b"connection: keep-alive\r\n"
 
 
 class ListenerState:
@@ -94,11 +97,21 @@ class _ParseFailure:
         self.status, self.message, self.code = status, message, code
 
 
+class _ContinueOwed:
+    """Queued in place of a request that asked for ``100 Continue`` while earlier ones
+    were being answered: the 100 goes out when its turn comes, before its response."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+
+
 class HTTP11Protocol(asyncio.Protocol):
     __slots__ = (
         "s", "loop", "limits", "transport", "parser", "queue", "task", "phase",
         "timer", "deadline", "last_read", "read_paused", "write_paused", "drain_waiter",
-        "closed", "client", "waiter", "_url", "_headers", "_head_size", "_hdr_bytes", "_body",
+        "closed", "client", "waiter", "head", "on_url", "on_header", "_head_size", "_body",
         "_body_size", "_keep_alive", "_failed", "_expect", "_completed_in_read",
     )
 
@@ -107,8 +120,14 @@ class HTTP11Protocol(asyncio.Protocol):
         self.loop = state.loop
         self.limits = state.limits
         self.transport: Any = None
+        # The request head is collected by the core: httptools calls its on_url and
+        # on_header directly (it looks the callbacks up on the object it is given), so a
+        # header costs no Python frame here (benchmarks/test_bench_core_http1.py).
+        head = self.head = RequestHead()
+        self.on_url = head.on_url
+        self.on_header = head.on_header
         self.parser = httptools.HttpRequestParser(self)
-        self.queue: deque[Exchange | _ParseFailure] = deque()
+        self.queue: deque[Exchange | _ContinueOwed | _ParseFailure] = deque()
         self.task: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.phase = _IDLE
@@ -125,10 +144,8 @@ class HTTP11Protocol(asyncio.Protocol):
         self._reset_message()
 
     def _reset_message(self) -> None:
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self.head.reset()
         self._head_size = 0
-        self._hdr_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
         self._keep_alive = True
@@ -147,6 +164,11 @@ class HTTP11Protocol(asyncio.Protocol):
         self.closed = True
         self.s.connections.discard(self)
         self._disarm()
+        # The parser holds this protocol's callbacks, so the two form a reference cycle
+        # that only the cyclic garbage collector would free — and with the worker's
+        # thresholds a full collection comes every ~2M requests: until then every closed
+        # connection's objects and buffers would stay in memory.  Break it now.
+        self.parser = None
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client left: stop its request (and the upstream call)
         waiter = self.drain_waiter
@@ -201,7 +223,7 @@ class HTTP11Protocol(asyncio.Protocol):
             # part of it (so the bound is max_header plus one read); otherwise the whole
             # read is head.
             if self._head_size < 0:
-                self._head_size = (self._hdr_bytes or 1) if self._completed_in_read \
+                self._head_size = (self.head.size or 1) if self._completed_in_read \
                     else len(data)
             else:
                 self._head_size += len(data)
@@ -215,54 +237,36 @@ class HTTP11Protocol(asyncio.Protocol):
         self.phase = _HEAD
         self._arm(self.limits.header_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._hdr_bytes += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        self._hdr_bytes += len(name) + len(value) + 4
+    # on_url and on_header: the RequestHead's own (see __init__).
 
     def on_headers_complete(self) -> None:
-        if self._hdr_bytes > self.limits.max_header:
-            self._fail(431, f"request head larger than {self.limits.max_header} bytes",
+        limits = self.limits
+        if self.head.size > limits.max_header:
+            self._fail(431, f"request head larger than {limits.max_header} bytes",
                        "header_too_large")
             raise _StopParsing
         self._keep_alive = self.parser.should_keep_alive()
         self.phase = _BODY
         self._head_size = 0
-        limit = self.limits.max_body
-        expect = False
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                try:
-                    if int(value) > limit:
-                        self._fail(413, f"request body larger than {limit} bytes",
-                                   "request_too_large")
-                        raise _StopParsing
-                except ValueError:
-                    pass  # httptools already refuses a bad Content-Length
-            elif lname == b"expect" and value.lower() == b"100-continue":
-                expect = True
-        if self.parser.should_upgrade() and any(
-                n.lower() == b"transfer-encoding" or (n.lower() == b"content-length" and
-                                                      v.strip() != b"0")
-                for n, v in self._headers):
+        flags = self.head.scan(limits.max_body)
+        if flags & BODY_TOO_LARGE:
+            self._fail(413, f"request body larger than {limits.max_body} bytes",
+                       "request_too_large")
+            raise _StopParsing
+        if flags & BODY_FRAMED and self.parser.should_upgrade():
             # httptools skips the body of an upgrade request: refuse what it cannot read.
             self._fail(400, "protocol upgrades are not supported", "upgrade_not_supported")
             raise _StopParsing
-        self._expect = expect
         self.last_read = self.loop.time()
-        if expect:
+        if flags & EXPECT_CONTINUE:
             if self._busy():
                 # The 100 is owed once the responses before it are out (see _serve); no
                 # body timeout until then: the client is waiting for us.
+                self._expect = True
                 self._disarm()
                 return
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._expect = False
-        self._arm(self.limits.body_timeout)
+            self.transport.write(_CONTINUE)
+        self._arm(limits.body_timeout)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -276,30 +280,18 @@ class HTTP11Protocol(asyncio.Protocol):
         self._completed_in_read = True
         if self._failed:
             return
-        headers: dict[str, str] = {}
-        for name, value in self._headers:
-            key = name.decode("latin-1").lower()
-            val = value.decode("latin-1")
-            prev = headers.get(key)
-            headers[key] = val if prev is None else f"{prev}, {val}"
-        url = self._url
-        if url[:1] != b"/":  # absolute-form (http://host/path) or "*"
-            idx = url.find(b"/", url.find(b"//") + 2) if b"//" in url else -1
-            url = url[idx:] if idx >= 0 else b"/"
-        path, _, query = url.partition(b"?")
+        headers, path, query = self.head.finish()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         version = self.parser.get_http_version()
-        ex = Exchange(self.parser.get_method().decode("ascii", "replace"),
-                      path.decode("latin-1"), headers, body,
-                      query=query.decode("latin-1") if query else None, client=self.client,
+        ex = Exchange(self.parser.get_method().decode("ascii", "replace"), path, headers, body,
+                      query=query, client=self.client,
                       protocol="http/1.1" if version == "1.1" else f"http/{version}")
         ex.keep_alive = self._keep_alive and not self.s.draining
-        ex.state["expect"] = self._expect
         self._body = []
         self.phase = _BUSY
         # The timer stays armed while busy (it does nothing then): the keep-alive wait
         # that follows re-uses it, saving a timer handle per request (docs/performance.md).
-        self.queue.append(ex)
+        self.queue.append(_ContinueOwed(ex) if self._expect else ex)
         self._kick()
         if len(self.queue) >= self.limits.max_pipeline and not self.read_paused:
             self.read_paused = True
@@ -359,7 +351,7 @@ class HTTP11Protocol(asyncio.Protocol):
         if self.phase == _IDLE:
             self._close()  # keep-alive expired
         elif self.phase == _HEAD:
-            if self._head_size == 0 and not self._url:
+            if self._head_size == 0 and not self.head.url:
                 self._close()  # connected but never sent anything
             else:
                 self._fail(408, "timed out waiting for the request head", "request_timeout")
@@ -383,7 +375,7 @@ class HTTP11Protocol(asyncio.Protocol):
                         # A pipelined request still owed its 100: its turn has come, and
                         # the body timeout starts now (the client was waiting for us).
                         self._expect = False
-                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        self.transport.write(_CONTINUE)
                         self._arm(self.limits.body_timeout)
                     self.waiter = self.loop.create_future()
                     try:
@@ -399,10 +391,12 @@ class HTTP11Protocol(asyncio.Protocol):
                 if isinstance(item, _ParseFailure):
                     self._write_failure(item)
                     return
-                ex = item
+                if isinstance(item, _ContinueOwed):
+                    ex = item.exchange
+                    self.transport.write(_CONTINUE)
+                else:
+                    ex = item
                 gateway = self.s.gateway  # per request: a reload swaps it (ListenerState)
-                if ex.state.pop("expect", False):
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
                     resp = await gateway.handle(ex)
                     if resp.streaming:
@@ -424,35 +418,27 @@ class HTTP11Protocol(asyncio.Protocol):
             self.task = None
 
     def _head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]],
-              framing: bytes) -> bytes:
-        parts = [status_line(status)]
-        for name, value in headers:
-            parts.append(name + b": " + value + b"\r\n")
-        for name, value in ex.response_headers:
-            parts.append(name + b": " + value + b"\r\n")
-        target = ex.target
-        parts.append(b"x-request-id: " + ex.request_id.encode("latin-1") +
-                     b"\r\nx-hapax-provider: " +
-                     (target.provider.encode() if target is not None else b"hapax") + b"\r\n")
-        parts.append(self.s.date_header())
-        if self.s.alt_svc:
-            parts.append(self.s.alt_svc)
-        parts.append(framing)
-        if not ex.keep_alive or self.s.draining:
-            parts.append(b"connection: close\r\n")
+              framing: bytes, body: bytes = b"") -> bytes:
+        """The response head (then ``body``): provider headers, the gateway's, ids,
+        date, alt-svc, framing, connection."""
+        s = self.s
+        if not ex.keep_alive or s.draining:
+            connection = _CLOSE
         elif ex.protocol == "http/1.0":
             # An HTTP/1.0 client keeps the connection only if the response says so.
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            connection = _KEEP_ALIVE
+        else:
+            connection = b""
+        target = ex.target
+        return response_head(status, headers, ex.response_headers, ex.request_id,
+                             target.provider if target is not None else None,
+                             s.date_header(), s.alt_svc, framing, connection, body)
 
     def _write(self, ex: Exchange, resp: Response) -> None:
         body = resp.body
-        head = self._head(ex, resp.status, resp.headers, b"content-length: %d\r\n" % len(body))
-        if ex.method == "HEAD":
-            self.transport.write(head)
-        else:
-            self.transport.write(head + body)
+        self.transport.write(self._head(ex, resp.status, resp.headers,
+                                        b"content-length: %d\r\n" % len(body),
+                                        b"" if ex.method == "HEAD" else body))
 
     async def _write_stream(self, ex: Exchange, resp: StreamResponse) -> None:
         transport = self.transport
@@ -465,15 +451,13 @@ class HTTP11Protocol(asyncio.Protocol):
         framing = b"transfer-encoding: chunked\r\n" if chunked else b""
         try:
             async for batch in events:
-                data = batch[0] if len(batch) == 1 else b"".join(batch)
-                if not data:
-                    continue
-                chunk = b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
-                if first:
-                    # The head goes out with the first event: one write, one packet.
-                    chunk = self._head(ex, resp.status, resp.headers, framing) + chunk
-                    first = False
-                transport.write(chunk)
+                # The head goes out with the first event: one write, one packet.
+                out = chunk(batch, self._head(ex, resp.status, resp.headers, framing)
+                            if first else b"", chunked)
+                if not out:
+                    continue  # no bytes (an empty chunk would end the body)
+                first = False
+                transport.write(out)
                 if self.write_paused:
                     await self._drain()
             if first:
