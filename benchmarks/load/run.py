@@ -47,11 +47,13 @@ from report import render, table, targets  # noqa: E402
 from servers import (  # noqa: E402
     ALIAS,
     SLOW_ALIAS,
+    CpuQuota,
     Procs,
     check,
     children,
     event_arrivals,
     gateway_summary,
+    proc_cpu_seconds,
     proc_rss_mb,
     start_gateway,
     start_nginx_proxy,
@@ -68,7 +70,7 @@ class Run:
 
     def __init__(self, args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
         self.args, self.tmp, self.procs = args, tmp, procs
-        cores = sorted(os.sched_getaffinity(0))
+        cores = self.cores = sorted(os.sched_getaffinity(0))
         self.gw_core = cores[0] if args.pin else None
         self.other = (cores[1] if len(cores) > 1 else cores[0]) if args.pin else None
         self.res: dict[str, Any] = {"pinned": args.pin, "gateway_core": self.gw_core,
@@ -224,16 +226,46 @@ class Run:
                                   name="gateway-2w", workers=2)
         try:
             check(port, BODY, stream=False)
-            pids = [gw2.pid, *children(gw2.pid)]
+            workers = children(gw2.pid)
+            pids = [gw2.pid, *workers]
             self.load.closed(port, 2, core=None)
             self.res["workers2"] = w = self._windows(port, pids, a.workers_duration, 1,
                                                      core=None)
-            w["workers"] = len(pids) - 1
+            w["workers"] = len(workers)
             # The one-worker figure under the same conditions (unpinned generator).
             self.res["workers1_unpinned"] = self._windows(
                 self.gw_port, self.gw_pid, a.workers_duration, 1, track=True, core=None)
+            self._workers_quota(port, workers)
         finally:
             self.procs.stop(gw2)
+
+    def _workers_quota(self, port: int, workers: list[int]) -> None:
+        """Two workers against one, each held to the same share of its own core."""
+        a = self.args
+        quota = CpuQuota()
+        why = quota.available() if len(workers) == 2 and len(self.cores) >= 2 else \
+            "needs two workers and two cores"
+        if why or not a.workers_share:
+            self.res["workers_quota_skipped"] = why or "--workers-share 0"
+            self.say(f"… no CPU-quota comparison: {self.res['workers_quota_skipped']}")
+            return
+        share = a.workers_share
+        self.say(f"… each worker held to {share:.0%} of its own core (cgroup quota), "
+                 f"{a.workers_duration:g}s each …")
+        try:
+            for core, pid in zip(self.cores, workers, strict=False):
+                quota.hold(pid, core, share)
+            cpu0 = [proc_cpu_seconds(p) for p in workers]
+            two = self._windows(port, workers, a.workers_duration, 1, core=None)
+            two["per_worker_cpu_s"] = [proc_cpu_seconds(p) - c for p, c in zip(workers, cpu0,
+                                                                                strict=True)]
+            quota.release()
+            quota.hold(self.gw_pid, self.cores[0], share)
+            one = self._windows(self.gw_port, self.gw_pid, a.workers_duration, 1,
+                                track=True, core=None)
+        finally:
+            quota.release()
+        self.res["workers_quota"] = {"share": share, "two": two, "one": one}
 
     def overload(self) -> None:
         a = self.args
@@ -306,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                         "at start-up, past 20 %% of it, and at the end)")
     p.add_argument("--workers-duration", type=float, default=8,
                    help="max-RPS window with --workers 2, and again with one worker (s)")
+    p.add_argument("--workers-share", type=float, default=0.4,
+                   help="also compare 2 workers with 1 with each worker held to this share "
+                        "of its own core by a cgroup CPU quota, leaving the rest of both "
+                        "cores to the generator and the stub (0: skip; needs root)")
     p.add_argument("--overload-factor", type=float, default=1.5,
                    help="overload rate as a multiple of the measured max RPS")
     p.add_argument("--overload-rate", type=float, default=0,

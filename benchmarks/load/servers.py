@@ -404,3 +404,85 @@ def event_arrivals(port: int, body: str) -> list[float]:
     if b" 200 " not in buf.split(b"\r\n", 1)[0]:
         raise SystemExit(f"the unbuffered check got {buf[:300]!r}")
     return arrivals
+
+
+# --- CPU quotas (the --workers 2 phase) ----------------------------------------------
+
+
+class CpuQuota:
+    """Hold processes to a share of one core each: a CPU cgroup per process (CFS quota),
+    plus ``taskset`` to its own core.
+
+    On a machine with as many cores as gateway workers, the load generator and the stub
+    have no core of their own, so "two workers on two cores" cannot be measured as is.
+    Holding each worker to the same share of its own core (e.g. 40 %) and comparing one
+    worker with two keeps the question — does a second worker on a second core double
+    the throughput? — while leaving the rest of both cores to the generator and the stub.
+
+    Needs a writable cgroup ``cpu`` controller (v1 at /sys/fs/cgroup/cpu, or v2 with
+    ``cpu`` enabled at /sys/fs/cgroup): usually root.  :meth:`available` says why not.
+    """
+
+    PERIOD_US = 10_000  # a short period: the quota is spread evenly over time
+
+    def __init__(self) -> None:
+        self.groups: list[Path] = []
+        v1 = Path("/sys/fs/cgroup/cpu")
+        v2 = Path("/sys/fs/cgroup")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.root, self.v2 = v1, False
+        elif "cpu" in _read(v2 / "cgroup.controllers").split():
+            self.root, self.v2 = v2, True
+        else:
+            self.root, self.v2 = v1, False
+
+    def available(self) -> str | None:
+        """None if quotas can be set here, else the reason."""
+        if not self.root.exists():
+            return "no cgroup cpu controller"
+        probe = self.root / f"hapax-load-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as exc:
+            return f"cannot create a cgroup under {self.root} ({exc.strerror})"
+        if not shutil.which("taskset"):
+            return "no taskset"
+        return None
+
+    def hold(self, pid: int, core: int, share: float) -> None:
+        """Pin ``pid`` (all its threads) to ``core`` and cap it at ``share`` of a core."""
+        subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True,
+                       capture_output=True)
+        group = self.root / f"hapax-load-{pid}"
+        group.mkdir(exist_ok=True)
+        quota = max(1000, round(share * self.PERIOD_US))
+        if self.v2:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(pid))
+        self.groups.append(group)
+
+    def release(self) -> None:
+        """Move every held process back to the root group and remove the groups (the
+        cores they were pinned to stay as they were)."""
+        for group in self.groups:
+            for pid in _read(group / "cgroup.procs").split():
+                try:
+                    (self.root / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # it has exited
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+        self.groups = []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
