@@ -126,7 +126,7 @@ class HTTP11Protocol(asyncio.Protocol):
         head = self.head = RequestHead()
         self.on_url = head.on_url
         self.on_header = head.on_header
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange | _ContinueOwed | _ParseFailure] = deque()
         self.task: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
