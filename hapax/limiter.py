@@ -6,7 +6,8 @@ Callers (``hapax.builtins.ratelimit``) only use this interface, so a cluster-wid
 implementation (Redis, running the same GCRA in a script) can replace
 :class:`NodeLimiter` without touching them: that is why :meth:`Limiter.acquire` is a
 coroutine even though the in-node implementation never waits, and :meth:`Limiter.adjust`
-is fire and forget.
+is fire and forget.  A limiter that can charge without waiting may also offer
+:meth:`Limiter.fast_path`: one synchronous call per request, headers included.
 
 :class:`NodeLimiter` keeps each limit's state (a GCRA theoretical arrival time) in one
 slot of the node's shared counters (:class:`hapax.node.NodeState`), so limits are exact
@@ -20,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from hapax._core.gcra import GCRA
+from hapax._core.gcra import GCRA, GCRAGroup
 from hapax.node import NodeState
 
 __all__ = ["Limit", "LimitState", "Limiter", "NodeLimiter", "MINUTE_NS"]
@@ -81,6 +82,19 @@ class Limiter(ABC):
         Fire and forget: nobody waits for a correction, so a remote store may send it in
         the background; the in-node one applies it at once."""
 
+    def fast_path(self, limits: Sequence[Limit]) -> GCRAGroup | None:
+        """Optional: a synchronous charger for exactly these ``limits`` (in this order),
+        asked once per combination at run time.  Its ``charge(tokens, headers)`` charges
+        1 to each ``"requests"`` limit and ``tokens`` to the others, all or nothing,
+        appends the ``x-ratelimit-*`` headers and returns ``None`` or ``(refused index,
+        retry_after_ns)``; its ``adjust(delta)`` corrects the token limits (see
+        :class:`hapax._core.gcra.GCRAGroup`).
+
+        A limiter that overrides this must return a charger for any limits; one that
+        does not (this default, ``None``) is used through :meth:`acquire` and
+        :meth:`adjust`."""
+        return None
+
 
 class NodeLimiter(Limiter):
     """The limits of one node, in its shared memory (GCRA on a compare-and-swap slot)."""
@@ -125,6 +139,11 @@ class NodeLimiter(Limiter):
 
     async def acquire(self, charges: Sequence[tuple[Limit, int]]) -> list[LimitState]:
         return self.charge(charges)
+
+    def fast_path(self, limits: Sequence[Limit]) -> GCRAGroup:
+        # The same cells and clock as charge(): the two paths may be mixed.
+        return GCRAGroup([self._cells[lim] for lim in limits], [lim.kind for lim in limits],
+                         self.clock)
 
     def adjust(self, limit: Limit, delta: int) -> None:
         if delta:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -207,3 +208,158 @@ def test_twins_agree(limit: int, period: int, ops: list[tuple[str, int, int]]) -
             c.adjust(now, cost)
             p.adjust(now, cost)
         assert c.counters.load(0) == p.counters.load(0)
+
+
+# -- duration: the reset headers' format ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ns", "text"), [
+    (-5, b"0s"), (0, b"0s"), (1, b"1ms"), (20_000_000, b"20ms"), (999_000_001, b"1s"),
+    (10**9, b"1s"), (1_500_000_000, b"1.5s"), (1_001_000_000, b"1.001s"),
+    (7_660_000_000, b"7.66s"), (59_999_000_001, b"1m0s"), (360 * S, b"6m0s"),
+    (61_250_000_000, b"1m1.25s"), (3723 * S, b"1h2m3s"), (90_061_500_000_000, b"25h1m1.5s"),
+])
+def test_duration(impl: ModuleType, ns: int, text: bytes) -> None:
+    assert impl.duration(ns) == text
+
+
+@needs_c
+@given(ns=st.one_of(st.integers(-S, 10**14), st.integers(0, (1 << 63) - 1)))
+def test_duration_twins_agree(ns: int) -> None:
+    from hapax._core import _gcra_c, _gcra_py
+
+    assert _gcra_c.duration(ns) == _gcra_py.duration(ns)
+
+
+# -- GCRAGroup: one request against several limits ------------------------------------------
+
+
+def group(impl: ModuleType, limits: list[tuple[str, int]], now: list[int] | None = None
+          ) -> Any:
+    counters = SharedCounters(max(1, len(limits)))
+    clock = (lambda: now[0]) if now is not None else (lambda: T0)
+    return impl.GCRAGroup([impl.GCRA(counters, i, lim, MINUTE) for i, (_, lim) in
+                           enumerate(limits)], [kind for kind, _ in limits], clock)
+
+
+def test_group_allowed_appends_the_headers(impl: ModuleType) -> None:
+    g = group(impl, [("requests", 3), ("tokens", 1000)])
+    out: list[tuple[bytes, bytes]] = [(b"x-other", b"1")]
+    assert g.charge(150, out) is None
+    assert out == [(b"x-other", b"1"),
+                   (b"x-ratelimit-limit-requests", b"3"),
+                   (b"x-ratelimit-remaining-requests", b"2"),
+                   (b"x-ratelimit-reset-requests", b"20s"),
+                   (b"x-ratelimit-limit-tokens", b"1000"),
+                   (b"x-ratelimit-remaining-tokens", b"850"),
+                   (b"x-ratelimit-reset-tokens", b"9s")]
+    assert [c.peek(T0)[0] for c in g.cells] == [2, 850]
+
+
+def test_group_headers_show_the_tightest_per_kind(impl: ModuleType) -> None:
+    g = group(impl, [("requests", 10), ("tokens", 100), ("requests", 4), ("tokens", 100)])
+    out: list[tuple[bytes, bytes]] = []
+    assert g.charge(5, out) is None
+    # requests: 9 vs 3 left -> the second; tokens: a tie (95, 95) -> the first.
+    assert [v for _, v in out] == [b"4", b"3", b"15s", b"100", b"95", b"3s"]
+
+
+def test_group_refusal_gives_back_what_others_took(impl: ModuleType) -> None:
+    g = group(impl, [("requests", 5), ("tokens", 100), ("requests", 1)])
+    assert g.charge(10, []) is None
+    out: list[tuple[bytes, bytes]] = []
+    assert g.charge(10, out) == (2, MINUTE)  # the third (rpm 1) refuses for a minute
+    assert [c.peek(T0)[0] for c in g.cells] == [4, 90, 0]  # the first two refunded
+    # requests: the refused limit's headers; tokens: as they are after the refund.
+    assert out == [(b"x-ratelimit-limit-requests", b"1"),
+                   (b"x-ratelimit-remaining-requests", b"0"),
+                   (b"x-ratelimit-reset-requests", b"1m0s"),
+                   (b"x-ratelimit-limit-tokens", b"100"),
+                   (b"x-ratelimit-remaining-tokens", b"90"),
+                   (b"x-ratelimit-reset-tokens", b"6s")]
+
+
+def test_group_cost_beyond_a_limit_never_passes(impl: ModuleType) -> None:
+    g = group(impl, [("requests", 5), ("tokens", 100)])
+    assert g.charge(101, []) == (1, -1)
+    assert g.charge(100, []) is None
+    assert g.charge(1, []) == (1, MINUTE // 100)
+
+
+def test_group_adjust_corrects_only_token_limits(impl: ModuleType) -> None:
+    now = [T0]
+    g = group(impl, [("requests", 10), ("tokens", 1000), ("tokens", 500)], now)
+    assert g.charge(300, []) is None
+    g.adjust(-250)  # the call used 50
+    assert [c.peek(T0)[0] for c in g.cells] == [9, 950, 450]
+    g.adjust(0)
+    g.adjust(100)
+    assert [c.peek(T0)[0] for c in g.cells] == [9, 850, 350]
+    now[0] += MINUTE  # adjust reads the group's clock
+    g.adjust(-10_000)
+    assert [c.peek(now[0])[0] for c in g.cells] == [10, 1000, 500]
+
+
+def test_group_of_many_cells(impl: ModuleType) -> None:
+    # More limits than a request usually meets (the compiled twin's scratch moves off
+    # the stack beyond 8).
+    g = group(impl, [("requests", 30 - i) for i in range(11)] + [("tokens", 50)])
+    out: list[tuple[bytes, bytes]] = []
+    assert g.charge(20, out) is None
+    assert [v for _, v in out] == [b"20", b"19", b"3s", b"50", b"30", b"24s"]
+    assert g.charge(20, []) is None
+    out.clear()
+    assert g.charge(20, out) == (11, 10 * MINUTE // 50)
+    assert [c.peek(T0)[0] for c in g.cells] == [28 - i for i in range(11)] + [10]
+    assert [v for _, v in out] == [b"20", b"18", b"6s", b"50", b"10", b"48s"]
+
+
+def test_group_arguments_are_checked(impl: ModuleType) -> None:
+    cell = limiter(impl, 5)
+    with pytest.raises(ValueError):
+        impl.GCRAGroup([cell], ["requests", "tokens"], lambda: T0)
+    g = impl.GCRAGroup([cell], ["tokens"], lambda: T0)
+    with pytest.raises(ValueError):
+        g.charge(-1, [])
+    with pytest.raises(OverflowError):
+        g.adjust(1 << 62)
+    empty = impl.GCRAGroup([], [], lambda: T0)
+    out: list[tuple[bytes, bytes]] = []
+    assert empty.charge(5, out) is None and out == []
+
+
+@needs_c
+def test_compiled_group_takes_compiled_cells() -> None:
+    from hapax._core import _gcra_c, _gcra_py
+
+    with pytest.raises(TypeError):
+        _gcra_c.GCRAGroup([_gcra_py.GCRA(SharedCounters(1), 0, 5, MINUTE)], ["requests"],
+                          lambda: T0)
+
+
+GROUP_OPS = st.lists(st.tuples(
+    st.integers(0, 5 * S),  # time step
+    st.integers(0, 60),  # tokens of a request
+    st.integers(-40, 40),  # correction after it
+), max_size=40)
+
+
+@needs_c
+@given(limits=st.lists(st.tuples(st.sampled_from(["requests", "tokens", "images"]),
+                                 st.integers(1, 50)), max_size=5),
+       ops=GROUP_OPS)
+def test_group_twins_agree(limits: list[tuple[str, int]], ops: list[tuple[int, int, int]]
+                           ) -> None:
+    from hapax._core import _gcra_c, _gcra_py
+
+    now = [T0]
+    c, p = group(_gcra_c, limits, now), group(_gcra_py, limits, now)
+    for step, tokens, delta in ops:
+        now[0] += step
+        out_c: list[tuple[bytes, bytes]] = []
+        out_p: list[tuple[bytes, bytes]] = []
+        assert c.charge(tokens, out_c) == p.charge(tokens, out_p)
+        assert out_c == out_p
+        c.adjust(delta)
+        p.adjust(delta)
+        assert [x.peek(now[0]) for x in c.cells] == [x.peek(now[0]) for x in p.cells]

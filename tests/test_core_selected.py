@@ -35,7 +35,7 @@ UNITS = {
     core_shmcache: ("shmcache", ["SharedLRU"]),
     core_fingerprint: ("fingerprint", ["fingerprint"]),
     core_flight: ("flight", ["ReplayLog"]),
-    core_gcra: ("gcra", ["GCRA"]),
+    core_gcra: ("gcra", ["GCRA", "GCRAGroup", "duration"]),
     core_histogram: ("histogram", ["LogHistogram", "bucket_index", "upper_bound",
                                    "nearest_bound"]),
     core_http1: ("http1", ["RequestHead", "BODY_TOO_LARGE", "EXPECT_CONTINUE", "BODY_FRAMED",

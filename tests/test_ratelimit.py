@@ -11,9 +11,15 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from proc import HapaxProcess
 
-from hapax.builtins.ratelimit import duration, estimate_tokens
+from hapax._core import NO_EXTENSIONS
+from hapax.builtins import ratelimit
+from hapax.builtins.ratelimit import _headers, duration, estimate_tokens
+from hapax.limiter import Limit, Limiter, LimitState, NodeLimiter
+from hapax.node import NodeState
 from hapax.testing import GatewayThread, config_for
 from hapax.testing.fake_provider import FakeProvider, Reply
 
@@ -297,6 +303,169 @@ def test_token_estimate() -> None:
                            4, 256) == 11
     assert estimate_tokens({"input": ["abcd", "efgh"]}, 4, 256) == 2  # embeddings
     assert estimate_tokens({"input": "abcdefghi"}, 4, 256) == 3
+
+
+# -- the fast path and the generic one: the same answers ------------------------------------
+
+T0 = 10**15  # a frozen clock: reset times and Retry-After are exact, not "about"
+
+
+class FrozenClock(ratelimit.Plugin):
+    """The built-in plugin (fast path: NodeLimiter.fast_path) on a clock that stands still."""
+
+    def make_limiter(self, gateway: Any) -> Limiter:
+        return NodeLimiter(gateway.node, clock=lambda: T0)
+
+
+class WithoutFastPath(Limiter):
+    """Another store, as the plugin sees it: only the abstract interface."""
+
+    def __init__(self, inner: Limiter) -> None:
+        self.inner = inner
+
+    def prepare(self, limits: Any) -> None:
+        self.inner.prepare(limits)
+
+    async def acquire(self, charges: Any) -> list[LimitState]:
+        return await self.inner.acquire(charges)
+
+    def adjust(self, limit: Limit, delta: int) -> None:
+        self.inner.adjust(limit, delta)
+
+
+class GenericPath(FrozenClock):
+    def make_limiter(self, gateway: Any) -> Limiter:
+        return WithoutFastPath(super().make_limiter(gateway))
+
+
+def transcript(gw: GatewayThread, fake: FakeProvider) -> list[Any]:
+    """Status, rate-limit headers and error of a scripted series of requests, and the
+    rejection metrics."""
+    out: list[Any] = []
+    script: list[tuple[str, str, int, Reply | None]] = [
+        ("alice", "gpt-test", 100, None), ("alice", "gpt-test", 100, None),
+        ("alice", "gpt-test", 100, None),  # the model's RPM: refused, the key's refunded
+        ("alice", "other", 2000, None),  # over the key's TPM: too large, never passes
+        ("alice", "other", 500, usage_reply(700)),  # corrected from 503 up to 700
+        ("alice", "other", 300, None),  # the key's TPM: refused (its RPM refunded)
+        ("bob", "gpt-test", 10, None),  # the model's RPM is every key's
+        ("bob", "other", 10, None),  # no limit at all: no headers
+        ("alice", "other", 1, None), ("alice", "other", 1, None),
+        ("alice", "other", 1, None), ("alice", "other", 1, None),  # the key's RPM
+    ]
+    for key, model, max_tokens, reply in script:
+        if reply is not None:
+            fake.queue(reply)
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", json.dumps({
+            "model": model, "messages": HELLO, "max_tokens": max_tokens}).encode(),
+            {"authorization": f"Bearer {KEYS[key]}", "content-type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        out.append((resp.status, [(k, v) for k, v in resp.getheaders()
+                                  if k.startswith(("x-ratelimit-", "retry-after"))],
+                    body.get("error")))
+    out.append([metric(gw, f'hapax_ratelimit_rejections_total{{limit="{kind}",name="{name}",'
+                           f'scope="{scope}"}}')
+                for scope, name in (("key", "alice"), ("model", "gpt-test"))
+                for kind in ("requests", "tokens")])
+    return out
+
+
+def test_fast_and_generic_paths_answer_alike(
+        fake_provider: FakeProvider, hapax_gateway: Callable[..., GatewayThread],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = keyed(fake_provider, {"gpt-test": {"limits": {"rpm": 2}}},
+                alice={"rpm": 6, "tpm": 1000})
+    monkeypatch.setenv("HAPAX_BLOCK_PLUGINS", "hapax.builtins.ratelimit")
+    runs = {}
+    for name, plugin in (("fast", FrozenClock()), ("generic", GenericPath())):
+        gw = hapax_gateway(cfg, plugins=[(name, plugin)])
+        # In-node: one sync hook (no coroutine); another store: awaited by a companion.
+        assert gw.gateway.hooks.admit.plugins == ([name] if name == "fast" else
+                                                  [name, f"{name}.acquire"])
+        assert gw.gateway.hooks.admit.all_sync is (name == "fast")
+        runs[name] = transcript(gw, fake_provider)
+        entries = [e for per_key in plugin._entries.values() for e in per_key.values()]
+        assert entries and all((e[1] is not None) == (name == "fast") for e in entries)
+    assert runs["fast"] == runs["generic"]
+    *answers, metrics = runs["fast"]
+    assert [status for status, _, _ in answers] == [200, 200, 429, 429, 200, 429, 429, 200,
+                                                     200, 200, 200, 429]
+    assert dict(answers[0][1]) == {
+        "x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "1",
+        "x-ratelimit-reset-requests": "30s", "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "897", "x-ratelimit-reset-tokens": "6.18s"}
+    assert answers[2][1][:3] == [("retry-after", "30"), ("retry-after-ms", "30000"),
+                                 ("x-ratelimit-limit-requests", "2")]
+    assert answers[3][2]["message"] == ("Request too large for key 'alice' on tokens per "
+                                        "minute (TPM): limit 1000, requested 2003.")
+    assert answers[7][1] == []
+    assert "(TPM): limit 1000, requested 303. Please try again in" in answers[5][2]["message"]
+    assert "(RPM): limit 6, requested 1. Please try again in 10s." in answers[11][2]["message"]
+    assert metrics == [1.0, 2.0, 2.0, None]
+
+
+def test_a_fast_path_must_cover_every_limit(
+        fake_provider: FakeProvider, hapax_gateway: Callable[..., GatewayThread],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    class Partial(NodeLimiter):
+        def fast_path(self, limits: Any) -> None:
+            return None
+
+    class UsesPartial(ratelimit.Plugin):
+        def make_limiter(self, gateway: Any) -> Limiter:
+            return Partial(gateway.node)
+
+    monkeypatch.setenv("HAPAX_BLOCK_PLUGINS", "hapax.builtins.ratelimit")
+    gw = hapax_gateway(keyed(fake_provider, alice={"rpm": 5}),
+                       plugins=[("partial", UsesPartial())])
+    with client(gw) as c, pytest.raises(openai.InternalServerError):
+        chat(c)  # never let through unlimited
+    assert "Partial.fast_path returned None" in caplog.text
+    assert fake_provider.requests == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["requests", "tokens"]), min_size=1, max_size=4),
+       limits=st.lists(st.integers(1, 40), min_size=4, max_size=4),
+       ops=st.lists(st.tuples(st.integers(0, 3 * 10**9), st.integers(0, 50),
+                              st.integers(-30, 30)), max_size=25))
+def test_fast_path_matches_the_limiter_interface(kinds: list[str], limits: list[int],
+                                                 ops: list[tuple[int, int, int]]) -> None:
+    """GCRAGroup (both twins) against NodeLimiter.charge + the plugin's generic headers."""
+    import importlib
+
+    twins = ["py"] if NO_EXTENSIONS else ["c", "py"]
+    lims = [Limit("key" if i % 2 else "model", f"o{i}", kind, limits[i], 60 * 10**9)
+            for i, kind in enumerate(kinds)]
+    now = [T0]
+    generic = NodeLimiter(NodeState(), clock=lambda: now[0])
+    generic.prepare(lims)
+    groups = []
+    for twin in twins:
+        mod = importlib.import_module(f"hapax._core._gcra_{twin}")
+        node = NodeLimiter(NodeState(), clock=lambda: now[0])
+        node.prepare(lims)
+        cells = [mod.GCRA(c.counters, c.slot, c.limit, c.period_ns)
+                 for c in (node._cells[lim] for lim in lims)]
+        groups.append(mod.GCRAGroup(cells, kinds, node.clock))
+    for step, tokens, delta in ops:
+        now[0] += step
+        states = generic.charge([(lim, 1 if lim.kind == "requests" else tokens)
+                                 for lim in lims])
+        want = _headers(states)
+        refused = next(((i, s.retry_after_ns) for i, s in enumerate(states)
+                        if not s.allowed), None)
+        for group in groups:
+            out: list[tuple[bytes, bytes]] = []
+            assert group.charge(tokens, out) == refused
+            assert out == want
+            group.adjust(delta)
+        for lim in lims:
+            if lim.kind == "tokens":
+                generic.adjust(lim, delta)
 
 
 # -- exact under two workers --------------------------------------------------------------------

@@ -20,9 +20,10 @@ at 1M tokens per minute).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["GCRA"]
+__all__ = ["GCRA", "GCRAGroup", "duration"]
 
 _INT64_MAX = (1 << 63) - 1
 
@@ -95,3 +96,95 @@ class GCRA:
                 new = now_ns
             if new == tat or counters.cas(slot, tat, new):
                 return
+
+
+def duration(ns: int) -> bytes:
+    """OpenAI's (Go's) duration format, rounded up to the millisecond: ``20ms``, ``1s``,
+    ``6m0s``, ``1h2m3.5s`` (the ``x-ratelimit-reset-*`` header values)."""
+    ms = -(-ns // 1_000_000) if ns > 0 else 0
+    if ms < 1000:
+        return b"%dms" % ms if ms else b"0s"
+    s, ms = divmod(ms, 1000)
+    sec = (b"%d.%03d" % (s % 60, ms)).rstrip(b"0") if ms else b"%d" % (s % 60)
+    if s < 60:
+        return sec + b"s"
+    m = s // 60
+    if m < 60:
+        return b"%dm%ss" % (m, sec)
+    return b"%dh%dm%ss" % (m // 60, m % 60, sec)
+
+
+class GCRAGroup:
+    """Several limits charged together for one request: it costs 1 unit of each
+    ``"requests"`` cell and its token count of every other cell, all or nothing, at one
+    instant of ``clock``.
+
+    ``kinds[i]`` names what ``cells[i]`` counts (``"requests"``, ``"tokens"``); for each
+    kind, in order of first appearance, :meth:`charge` appends OpenAI's three headers
+    ``x-ratelimit-{limit,remaining,reset}-<kind>`` of the refused cell if any, else of the
+    tightest (least remaining; the first on a tie).
+    """
+
+    __slots__ = ("cells", "kinds", "clock", "_per_request", "_names", "_kind_of", "_limits")
+
+    def __init__(self, cells: Sequence[GCRA], kinds: Sequence[str],
+                 clock: Callable[[], int]) -> None:
+        if len(cells) != len(kinds):
+            raise ValueError("one kind per cell")
+        self.cells = tuple(cells)
+        self.kinds = tuple(kinds)
+        self.clock = clock
+        self._per_request = tuple(k == "requests" for k in self.kinds)
+        order = list(dict.fromkeys(self.kinds))
+        self._kind_of = tuple(order.index(k) for k in self.kinds)
+        self._names = tuple((b"x-ratelimit-limit-" + k.encode(),
+                             b"x-ratelimit-remaining-" + k.encode(),
+                             b"x-ratelimit-reset-" + k.encode()) for k in order)
+        # The limit header never changes: one tuple per cell, shared by every response.
+        self._limits = tuple((self._names[k][0], b"%d" % c.limit)
+                             for c, k in zip(self.cells, self._kind_of, strict=True))
+
+    def charge(self, tokens: int, out: list[tuple[bytes, bytes]]) -> tuple[int, int] | None:
+        """Charge one request of ``tokens`` tokens; append the rate-limit headers to
+        ``out``.
+
+        :return: ``None`` when every cell allowed it, else ``(index, retry_after_ns)`` of
+            the refused cell (``-1``: never, the cost exceeds the limit); what the others
+            took is given back, and the headers show them after the refund.
+        """
+        now = self.clock()
+        cells, per_request = self.cells, self._per_request
+        n = len(cells)
+        left, reset = [0] * n, [0] * n
+        refused, retry = -1, 0
+        for i, cell in enumerate(cells):
+            allowed, left[i], reset[i], retry = cell.acquire(now, 1 if per_request[i]
+                                                             else tokens)
+            if not allowed:
+                refused = i
+                for j in range(i):  # all or nothing: give back what the others took
+                    cells[j].adjust(now, -1 if per_request[j] else -tokens)
+                for j in range(n):  # the others as they are now (after the refund)
+                    if j != i:
+                        left[j], reset[j] = cells[j].peek(now)
+                break
+        best = [-1] * len(self._names)  # per kind: the refused cell, else the tightest
+        for i, k in enumerate(self._kind_of):
+            b = best[k]
+            if b < 0 or (b != refused and (i == refused or left[i] < left[b])):
+                best[k] = i
+        for k, i in enumerate(best):
+            _, name_remaining, name_reset = self._names[k]
+            out.append(self._limits[i])
+            out.append((name_remaining, b"%d" % left[i]))
+            out.append((name_reset, duration(reset[i])))
+        return None if refused < 0 else (refused, retry)
+
+    def adjust(self, delta: int) -> None:
+        """Correct every token cell by ``delta`` units (negative: refund), as
+        :meth:`GCRA.adjust`."""
+        if delta:
+            now = self.clock()
+            for cell, per_request in zip(self.cells, self._per_request, strict=True):
+                if not per_request:
+                    cell.adjust(now, delta)

@@ -3,8 +3,8 @@
 from hapax._core import IMPLEMENTATION
 
 if IMPLEMENTATION == "c":
-    from hapax._core._gcra_c import GCRA
+    from hapax._core._gcra_c import GCRA, GCRAGroup, duration
 else:  # the twins share one API; mypy sees two classes
-    from hapax._core._gcra_py import GCRA  # type: ignore[assignment]
+    from hapax._core._gcra_py import GCRA, GCRAGroup, duration  # type: ignore[assignment]
 
-__all__ = ["GCRA"]
+__all__ = ["GCRA", "GCRAGroup", "duration"]

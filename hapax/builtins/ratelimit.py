@@ -12,7 +12,12 @@ Every response of a rate-limited key or model carries OpenAI's headers:
 
 The limits live in a :class:`hapax.limiter.Limiter`; :meth:`Plugin.make_limiter` picks
 the in-node one (exact across the node's workers).  Without any limit configured the
-plugin unregisters itself at start-up: no per-request cost at all.
+plugin unregisters itself at start-up: no per-request cost at all.  The limits of each
+(key, model) pair are resolved on its first request; with the in-node limiter (or any
+with :meth:`~hapax.limiter.Limiter.fast_path`) a request is then one compiled call
+(:class:`hapax._core.gcra.GCRAGroup`), headers included, in a synchronous hook: no
+coroutine.  Another limiter is awaited through :meth:`~hapax.limiter.Limiter.acquire`
+by a companion plugin (``<name>.acquire``) registered at start-up for it.
 
 Settings (``plugins: {hapax.builtins.ratelimit: {...}}``, all optional):
 ``completion_tokens`` (256) — tokens assumed for the answer when the request sets no
@@ -23,16 +28,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from hapax._core.gcra import GCRAGroup
+from hapax._core.gcra import duration as _duration
 from hapax.errors import ConfigError
 from hapax.limiter import Limit, Limiter, LimitState, NodeLimiter
 from hapax.metrics import Counter
+from hapax.pipeline.hooks import hookimpl
 from hapax.types import Denial
 
 __all__ = ["Plugin", "estimate_tokens", "duration"]
 
 NAME = "hapax.builtins.ratelimit"
-_STATE = "hapax.ratelimit"  # exchange.state: (limiter charges of tokens, estimate)
+_STATE = "hapax.ratelimit"  # exchange.state: (the request's _Entry, token estimate)
 _UPPER = {"requests": "RPM", "tokens": "TPM"}
+
+# What applies to one (key, model) pair: its limits, the limiter's fast path for them (or
+# None: through Limiter.acquire, by _Acquire), and whether any counts tokens.
+_Entry = tuple[tuple[Limit, ...], GCRAGroup | None, bool]
 
 
 def estimate_tokens(body: dict[str, Any], chars_per_token: int, completion_default: int) -> int:
@@ -76,17 +88,7 @@ def estimate_tokens(body: dict[str, Any], chars_per_token: int, completion_defau
 def duration(ns: int) -> str:
     """OpenAI's (Go's) duration format, rounded up to the millisecond: ``20ms``, ``1s``,
     ``6m0s``, ``1h2m3.5s``."""
-    ms = -(-ns // 1_000_000) if ns > 0 else 0
-    if ms < 1000:
-        return f"{ms}ms" if ms else "0s"
-    s, ms = divmod(ms, 1000)
-    sec = f"{s % 60}.{ms:03d}".rstrip("0").rstrip(".") if ms else str(s % 60)
-    if s < 60:
-        return f"{sec}s"
-    m = s // 60
-    if m < 60:
-        return f"{m}m{sec}s"
-    return f"{m // 60}h{m % 60}m{sec}s"
+    return _duration(ns).decode()
 
 
 def _limits_of(scope: str, owner: str, cfg: Any) -> tuple[Limit, ...]:
@@ -106,13 +108,19 @@ class Plugin:
         self.by_key: dict[str, tuple[Limit, ...]] = {}
         self.by_alias: dict[str, tuple[Limit, ...]] = {}
         self.catchall: tuple[Limit, ...] = ()
+        # key name -> model alias -> _Entry, filled as requests come: the key names and
+        # aliases with limits of their own, None for all the others (bounded by config).
+        self._entries: dict[str, dict[str | None, _Entry]] = {}
+        self._others: dict[str | None, _Entry] = {}
         self.chars_per_token = 4
         self.completion_tokens = 256
         self.rejections: Counter | None = None
+        self._fast = True  # the limiter has a fast path (else _Acquire is registered)
 
     def make_limiter(self, gateway: Any) -> Limiter:
-        """The limiter to use; override (or replace this plugin's ``limiter``) for another
-        store, e.g. a cluster-wide one."""
+        """The limiter to use; override for another store, e.g. a cluster-wide one
+        (called once, in ``hapax_configure``: whether it has a
+        :meth:`~hapax.limiter.Limiter.fast_path` decides how requests are admitted)."""
         return NodeLimiter(gateway.node)
 
     def hapax_configure(self, config: Any, gateway: Any) -> None:
@@ -136,6 +144,14 @@ class Plugin:
             return
         self.limiter = self.make_limiter(gateway)
         self.limiter.prepare(every)
+        self._entries = {name: {} for name in self.by_key}
+        self._others = {}
+        self._fast = type(self.limiter).fast_path is not Limiter.fast_path
+        if not self._fast:
+            # A store without a fast path is awaited: an async hook of its own, so the
+            # in-node case keeps a sync one (no coroutine per request).
+            name = gateway.pm.get_name(self) or NAME
+            gateway.pm.register(_Acquire(self), name=f"{name}.acquire")
 
     def _settings(self, settings: dict[str, Any]) -> None:
         problems = []
@@ -152,54 +168,85 @@ class Plugin:
         if problems:
             raise ConfigError(problems)
 
-    async def hapax_admit(self, exchange: Any, plan: Any) -> Denial | None:
-        lims = self.by_key.get(exchange.principal.name, ())
-        model = self.by_alias.get(plan.alias)
-        lims += self.catchall if model is None else model
-        if not lims:
+    def _entry(self, name: str, alias: str) -> _Entry:
+        per_key = self._entries.get(name, self._others)
+        # Every alias the catch-all serves shares one entry: client-chosen names must not
+        # grow this cache.
+        model = alias if alias in self.by_alias else None
+        entry = per_key.get(model)
+        if entry is None:
+            lims = self.by_key.get(name, ()) + (self.catchall if model is None
+                                                else self.by_alias[model])
+            assert self.limiter is not None
+            fast = self.limiter.fast_path(lims) if lims and self._fast else None
+            if lims and self._fast and fast is None:
+                raise TypeError(f"{type(self.limiter).__name__}.fast_path returned None: "
+                                f"a limiter with a fast path must have one for any limits")
+            entry = (lims, fast, any(lim.kind != "requests" for lim in lims))
+            per_key[model] = entry
+        return entry
+
+    def hapax_admit(self, exchange: Any, plan: Any) -> Denial | None:
+        name = exchange.principal.name
+        entry = self._entries.get(name, self._others).get(plan.alias)
+        if entry is None:
+            entry = self._entry(name, plan.alias)
+        lims, fast, counts_tokens = entry
+        if fast is None:
+            return None  # no limit here (or another store: _Acquire charges it)
+        # Estimated once, if a TPM limit applies.
+        tokens = estimate_tokens(exchange.json, self.chars_per_token,
+                                 self.completion_tokens) if counts_tokens else 0
+        refused = fast.charge(tokens, exchange.response_headers)
+        if refused is not None:
+            lim = lims[refused[0]]
+            return self._deny(lim, 1 if lim.kind == "requests" else tokens, refused[1])
+        if counts_tokens:
+            exchange.state[_STATE] = (entry, tokens)
+        return None
+
+    async def _acquire(self, exchange: Any, plan: Any) -> Denial | None:
+        """:meth:`hapax_admit` through :meth:`Limiter.acquire` (see :class:`_Acquire`)."""
+        name = exchange.principal.name
+        entry = self._entries.get(name, self._others).get(plan.alias)
+        if entry is None:
+            entry = self._entry(name, plan.alias)
+        lims, fast, counts_tokens = entry
+        if fast is not None or not lims:
             return None
-        tokens = -1  # estimated once, if a TPM limit applies
-        charges = []
-        for lim in lims:
-            if lim.kind == "requests":
-                charges.append((lim, 1))
-            else:
-                if tokens < 0:
-                    tokens = estimate_tokens(exchange.json, self.chars_per_token,
-                                             self.completion_tokens)
-                charges.append((lim, tokens))
+        tokens = estimate_tokens(exchange.json, self.chars_per_token,
+                                 self.completion_tokens) if counts_tokens else 0
+        charges = [(lim, 1 if lim.kind == "requests" else tokens) for lim in lims]
         assert self.limiter is not None
         states = await self.limiter.acquire(charges)
         exchange.response_headers.extend(_headers(states))
-        for st in states:
+        for st, (_, cost) in zip(states, charges, strict=True):
             if not st.allowed:
-                return self._deny(st, charges)
-        if tokens >= 0:
-            exchange.state[_STATE] = ([c for c in charges if c[0].kind == "tokens"], tokens)
+                return self._deny(st.limit, cost, st.retry_after_ns)
+        if counts_tokens:
+            exchange.state[_STATE] = (entry, tokens)
         return None
 
-    def _deny(self, st: LimitState, charges: list[tuple[Limit, int]]) -> Denial:
-        lim = st.limit
+    def _deny(self, lim: Limit, cost: int, retry_after_ns: int) -> Denial:
         if self.rejections is not None:
             self.rejections.inc((lim.scope, lim.owner, lim.kind))
-        cost = next(c for li, c in charges if li is lim)
         what = f"key {lim.owner!r}" if lim.scope == "key" else f"model {lim.owner!r}"
         per = f"{lim.kind} per minute ({_UPPER[lim.kind]})"
-        if st.retry_after_ns < 0:
+        if retry_after_ns < 0:
             return Denial(429, f"Request too large for {what} on {per}: limit {lim.limit}, "
                           f"requested {cost}.", "rate_limit_error", "rate_limit_exceeded")
         return Denial(
             429, f"Rate limit reached for {what} on {per}: limit {lim.limit}, requested "
-            f"{cost}. Please try again in {duration(st.retry_after_ns)}.",
+            f"{cost}. Please try again in {duration(retry_after_ns)}.",
             "rate_limit_error", "rate_limit_exceeded",
-            ((b"retry-after", b"%d" % -(-st.retry_after_ns // 1_000_000_000)),
-             (b"retry-after-ms", b"%d" % -(-st.retry_after_ns // 1_000_000))))
+            ((b"retry-after", b"%d" % -(-retry_after_ns // 1_000_000_000)),
+             (b"retry-after-ms", b"%d" % -(-retry_after_ns // 1_000_000))))
 
     def hapax_after_response(self, exchange: Any) -> None:
         noted = exchange.state.get(_STATE)
         if noted is None:
             return
-        charges, estimate = noted
+        (lims, fast, _), estimate = noted
         usage = exchange.usage
         if not exchange.attempts:
             delta = -estimate  # answered without a provider (e.g. from the cache)
@@ -213,9 +260,26 @@ class Plugin:
         else:
             return  # an answer without usage (a stream without include_usage): keep it
         if delta:
+            if fast is not None:
+                fast.adjust(delta)
+                return
             assert self.limiter is not None
-            for lim, _ in charges:
-                self.limiter.adjust(lim, delta)
+            for lim in lims:
+                if lim.kind != "requests":
+                    self.limiter.adjust(lim, delta)
+
+
+class _Acquire:
+    """The admission of a limiter without a fast path: an ``async`` hook, registered next
+    to the plugin at start-up only for such a limiter.  Last among the admission hooks,
+    where the built-in plugin's own runs (registered first, called last)."""
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+
+    @hookimpl(trylast=True)
+    async def hapax_admit(self, exchange: Any, plan: Any) -> Denial | None:
+        return await self.plugin._acquire(exchange, plan)
 
 
 def _headers(states: list[LimitState]) -> list[tuple[bytes, bytes]]:
@@ -229,5 +293,5 @@ def _headers(states: list[LimitState]) -> list[tuple[bytes, bytes]]:
     for kind, st in best.items():
         out.append((b"x-ratelimit-limit-" + kind.encode(), b"%d" % st.limit.limit))
         out.append((b"x-ratelimit-remaining-" + kind.encode(), b"%d" % st.remaining))
-        out.append((b"x-ratelimit-reset-" + kind.encode(), duration(st.reset_ns).encode()))
+        out.append((b"x-ratelimit-reset-" + kind.encode(), _duration(st.reset_ns)))
     return out
