@@ -7,7 +7,9 @@ with no implementation without calling it.  Here:
 * ``Stage`` over 0, 1, 5 and 20 plugins implementing ``hapax_transform_request`` (every
   implementation runs) and ``hapax_authenticate`` returning ``None`` (first-result hook
   where nobody answers, so every implementation runs too), sync and async;
-* the pipeline's guard for an empty stage (``if stage: await stage(...)``);
+* ``Stage.run`` — what the pipeline calls when every implementation of a stage is sync
+  (no coroutine, no ``await``), over the same sync plugins;
+* the pipeline's guard for an empty stage (``if stage.impls: ...``);
 * pluggy's own ``pm.hook.<name>(...)`` for the same sync plugins, for comparison (pluggy
   cannot await, so it has no async row).
 
@@ -82,6 +84,22 @@ def test_stage(loop: asyncio.AbstractEventLoop, measure: Any, benchmark: Any, ho
     measure(lambda: loop.run_until_complete(batch()), ops=BATCH)
 
 
+@pytest.mark.parametrize("hook,count", [
+    pytest.param(h, n, id=f"{h[len('hapax_'):]}-run-{n}") for h in HOOKS for n in COUNTS])
+def test_stage_run(measure: Any, benchmark: Any, hook: str, count: int) -> None:
+    """A stage whose implementations are all sync, called without a coroutine."""
+    benchmark.group = f"hooks: {hook}"
+    stage = Stage(manager(hook, count, False), hook)
+    assert stage.sync
+    ex = exchange()
+
+    def batch() -> None:
+        for _ in range(BATCH):
+            stage.run(ex)
+
+    measure(batch, ops=BATCH)
+
+
 @pytest.mark.parametrize("hook", HOOKS, ids=[h[len("hapax_"):] for h in HOOKS])
 def test_stage_skipped_when_empty(loop: asyncio.AbstractEventLoop, measure: Any,
                                   benchmark: Any, hook: str) -> None:
@@ -92,7 +110,7 @@ def test_stage_skipped_when_empty(loop: asyncio.AbstractEventLoop, measure: Any,
 
     async def batch() -> None:
         for _ in range(BATCH):
-            if stage:
+            if stage.impls:
                 await stage(ex)
 
     measure(lambda: loop.run_until_complete(batch()), ops=BATCH)

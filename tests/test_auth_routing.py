@@ -11,6 +11,9 @@ import openai
 import orjson
 import pytest
 
+from hapax.builtins import auth
+from hapax.config import from_dict
+from hapax.errors import AuthenticationError
 from hapax.testing import GatewayThread, config_for
 from hapax.testing.fake_provider import FakeProvider
 
@@ -134,6 +137,32 @@ def test_x_api_key_header_is_accepted(gw: GatewayThread, fake_provider: FakeProv
     assert resp.choices[0].message.content == "Fake answer to: hello"
     assert "model-a" in [m.id for m in models]
     assert len(fake_provider.requests) == 1
+
+
+def test_remembered_headers_answer_like_the_first_time() -> None:
+    """A valid Authorization header is remembered as is (no parsing next time); any
+    spelling of a valid key works every time, an invalid header never does, and the
+    memory is bounded."""
+    plugin = auth.Plugin()
+    plugin.hapax_configure(from_dict({
+        "providers": {"m": {"kind": "mock"}}, "models": {"a": {"targets": [{"provider": "m"}]}},
+        "keys": [{"name": "k", "key": KEY_HASHED}]}, "<test>"))
+
+    def who(headers: dict[str, str]) -> str:
+        ex: Any = type("Ex", (), {"headers": headers})()
+        return str(plugin.hapax_authenticate(ex).name)
+
+    for value in (f"Bearer {KEY_HASHED}", f"bearer  {KEY_HASHED} ", f"BEARER {KEY_HASHED}"):
+        assert [who({"authorization": value}) for _ in range(3)] == ["k"] * 3
+    assert who({"x-api-key": KEY_HASHED}) == "k"
+    assert len(plugin.known) == 1 and len(plugin.known_headers) == 3
+    for value in ("Bearer sk-wrong", f"Basic {KEY_HASHED}", "Bearer sk-wrong"):
+        with pytest.raises(AuthenticationError):
+            who({"authorization": value})
+    assert len(plugin.known_headers) == 3
+    for i in range(auth._HEADER_MEMO + 10):
+        assert who({"authorization": "Bearer " + " " * i + KEY_HASHED}) == "k"
+    assert len(plugin.known_headers) == auth._HEADER_MEMO
 
 
 # -- authorization ------------------------------------------------------------------------

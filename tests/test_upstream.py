@@ -3,6 +3,7 @@ what comes back when the provider misbehaves (errors, silence, garbage, hang-ups
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -384,3 +385,36 @@ def test_keepalive_race_is_retried_on_fresh_connection(raw_server: Any,
             assert resp.choices[0].message.content == "raw ok"
     # 1st: new connection; each later one: stale reused connection, then a fresh one.
     assert server.connections == 4
+
+
+def test_closed_upstream_connections_are_freed_without_the_garbage_collector(
+        raw_server: Any, hapax_gateway: GatewayFactory) -> None:
+    """A provider that closes each connection after its answer (as nginx does after
+    keepalive_requests) must not leave the closed connections' objects for the cyclic
+    garbage collector, which the worker runs in full only every ~2M requests."""
+    from hapax.providers.upstream import _Connection
+
+    def one_per_connection(sock: socket.socket, n: int) -> None:
+        if read_request(sock) is not None:
+            sock.sendall(OK_RESPONSE)
+
+    server = raw_server(one_per_connection)
+    gw = hapax_gateway(config_for(server.base_url, models=["m"]))
+    pool = gw.gateway.providers["fake"]
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is _Connection)
+
+    gc.collect()
+    gc.disable()
+    try:
+        base = alive()
+        with client(gw) as c:
+            for _ in range(10):
+                resp = c.chat.completions.create(model="m", messages=HELLO)
+                assert resp.choices[0].message.content == "raw ok"
+                assert wait_for(lambda: pool.stats()["open"] == 0)
+        assert server.connections == 10
+        assert wait_for(lambda: alive() <= base), f"{alive() - base} closed connections left"
+    finally:
+        gc.enable()

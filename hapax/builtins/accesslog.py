@@ -128,12 +128,15 @@ class Plugin:
         self.sink: _Sink | None = None
         self.format = "off"
 
-    def hapax_configure(self, config: Any) -> None:
+    def hapax_configure(self, config: Any, gateway: Any) -> None:
         cfg = config.server.access_log
         self.format = cfg.format
         if self.sink is not None:
             self.sink.flush()
         self.sink = None if cfg.format == "off" else _sink(cfg.path)
+        if self.sink is None:
+            # No log: leave the after-response stage (one call less per request).
+            gateway.pm.unregister(self)
 
     def hapax_after_response(self, exchange: Any) -> None:
         if self.sink is None:

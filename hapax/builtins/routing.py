@@ -157,7 +157,13 @@ class Plugin:
             if any(isinstance(e, Group) for e in entries):
                 self.balanced[alias] = entries
             else:
-                self.plans[alias] = _static(alias, entries)
+                plan = _static(alias, entries)
+                if self.health is not None:
+                    # The registry's own Target objects: the executor's health lookup
+                    # then matches by identity (no dataclass __eq__ call).
+                    plan = RoutePlan(alias, tuple(self.health.get(t).target
+                                                  for t in plan.targets))
+                self.plans[alias] = plan
         star = config.models.get("*")
         self.catchall = _entries(star) if star else None
         self.memo = {}

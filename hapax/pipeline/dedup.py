@@ -122,7 +122,7 @@ class Dedup:
         self.gateway = gateway
         self.policies = {alias: ModelPolicy.of(m) for alias, m in config.models.items()}
         self.default = self.policies.get("*") or ModelPolicy.of(None)
-        # Every model `off` (the "*" entry included): _send skips dedup with one check.
+        # Every model `off` (the "*" entry included): the executor skips dedup with one check.
         self.enabled = any(p.dedup != "off" for p in self.policies.values())
         self.flights: dict[bytes, Flight] = {}
         self.max_stream_bytes = MAX_STREAM_BYTES
@@ -162,7 +162,9 @@ class Dedup:
 
     def applies(self, ex: Exchange, endpoint: str) -> bool:
         """Whether this exchange may share an upstream call."""
-        mode = self.policy(ex.alias).dedup
+        alias = ex.alias
+        p = self.policies.get(alias) if alias is not None else None
+        mode = (p if p is not None else self.default).dedup  # self.policy(), inlined
         if mode == "off":
             return False
         if mode == "always" or endpoint != _CHAT:  # embeddings are deterministic

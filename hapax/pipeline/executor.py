@@ -1,9 +1,10 @@
 """Retries with backoff, and failover across a model's targets (docs/reliability.md).
 
 The gateway hands a routed exchange to :meth:`Executor.run`, which walks
-``plan.targets`` in order and gives each up to ``1 + retries`` attempts through
-``Gateway._send`` (so in-flight dedup and the provider's queue still apply to each
-attempt).  An attempt is retried, then failed over, when it raises
+``plan.targets`` in order and gives each up to ``1 + retries`` attempts: each through
+in-flight dedup when it applies (identical requests share one upstream call), else
+``Gateway._attempt`` (so the provider's queue still applies to each attempt).  An
+attempt is retried, then failed over, when it raises
 :class:`~hapax.errors.UpstreamError` (connect error, timeout, 5xx; for a stream, a
 failure before its first event) or answers a status in ``retry_on``; any other
 status is the answer.  Retries sleep with exponential backoff and full jitter,
@@ -133,7 +134,13 @@ class RetryBudget:
         return slot
 
     def note_request(self) -> None:
-        self._requests[self._bucket()] += 1
+        # _bucket(), inlined: this runs for every request.
+        idx = int(time.monotonic() / self._width)
+        slot = idx % self.BUCKETS
+        if self._ids[slot] != idx:
+            self._ids[slot], self._requests[slot], self._retries[slot] = idx, 1, 0
+        else:
+            self._requests[slot] += 1
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when it is spent."""
@@ -177,23 +184,30 @@ class Executor:
                 (mc.retries, frozenset(mc.retry_on), mc.timeout) if mc is not None
                 else (0, frozenset(), 600.0))
         retries, retry_on, ceiling = policy
-        timeout = request_timeout(ex, ceiling)
+        # Most requests send no x-hapax-timeout: then the model's timeout, without a call.
+        timeout = (ceiling if TIMEOUT_HEADER not in ex.headers
+                   else request_timeout(ex, ceiling))
         deadline = ex.deadline = ex.started + timeout
         self.budget.note_request()
-        health = self.gateway.health
-        deadlines = self.gateway.deadlines
+        health = gateway.health
+        health_of = health.targets.get
+        deadlines = gateway.deadlines
+        providers = gateway.providers
+        dedup = gateway.dedup
         attempts = ex.attempts
         targets = plan.targets
         last: Response | StreamResponse | UpstreamError | None = None
         for target in targets:
             if last is not None:
                 self.failovers_total.inc((plan.alias,))
+            # Looked up once per target: the breaker and the attempt share it.
+            th = health_of(target) or health.get(target)
             tries = 0
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     raise _deadline(timeout, last)
-                ticket = health.allow(target)
+                ticket = health.allow_health(th)
                 if ticket == DENIED:  # open breaker: skip the target (or stop retrying it)
                     ex.state.setdefault("skipped", []).append(target)
                     break
@@ -204,7 +218,14 @@ class Executor:
                 made = len(attempts)
                 reason: int | str
                 try:
-                    resp = await self.gateway._send(ex, plan, target, endpoint)
+                    provider = providers.get(target.provider)
+                    if provider is None:
+                        raise RequestError(f"route for {plan.alias!r} names unknown provider "
+                                           f"{target.provider!r}", code="bad_route")
+                    if dedup.enabled and dedup.applies(ex, endpoint):
+                        resp = await dedup.send(ex, provider, target, endpoint)
+                    else:
+                        resp = await gateway._attempt(ex, provider, target, endpoint, th)
                 except UpstreamError as exc:
                     status = getattr(exc, "upstream_status", None)
                     reason = status or exc.code or "error"

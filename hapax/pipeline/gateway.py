@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -44,7 +45,7 @@ from hapax.pipeline.health import Health, TargetHealth
 from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
 from hapax.providers.base import Provider
 from hapax.translate import anthropic as translate
-from hapax.types import Attempt, Response, RoutePlan, StreamResponse, Target
+from hapax.types import Attempt, Response, StreamResponse, Target
 
 __all__ = ["Gateway", "error_response", "stream_error_event"]
 
@@ -126,11 +127,15 @@ class Gateway:
         # path -> (methods, handler, route name, front door format: what errors look like)
         routes: dict[str, tuple[tuple[str, ...], Callable[[Exchange], Awaitable[Any]], str,
                                 str]] = {}
+        # The proxied routes call _proxy directly (a partial, not a method awaiting it:
+        # one coroutine less per request).
+        chat = partial(self._proxy, endpoint=_CHAT)
         for prefix in ("/v1", ""):
-            routes[f"{prefix}/chat/completions"] = (("POST",), self._chat, "chat", "openai")
-            routes[f"{prefix}/messages"] = (("POST",), self._messages, "messages", "anthropic")
-            routes[f"{prefix}/embeddings"] = (("POST",), self._embeddings, "embeddings",
-                                              "openai")
+            routes[f"{prefix}/chat/completions"] = (("POST",), chat, "chat", "openai")
+            routes[f"{prefix}/messages"] = (("POST",), chat, "messages", "anthropic")
+            routes[f"{prefix}/embeddings"] = (("POST",), partial(self._proxy,
+                                                                 endpoint=_EMBEDDINGS),
+                                              "embeddings", "openai")
             routes[f"{prefix}/models"] = (("GET", "HEAD"), self._models, "models", "openai")
         routes["/healthz"] = (("GET", "HEAD"), self._healthz, "healthz", "openai")
         routes["/readyz"] = (("GET", "HEAD"), self._readyz, "readyz", "openai")
@@ -245,24 +250,25 @@ class Gateway:
         ex.status = resp.status
         return resp
 
-    async def _chat(self, ex: Exchange) -> Response | StreamResponse:
-        return await self._proxy(ex, _CHAT)
-
-    async def _messages(self, ex: Exchange) -> Response | StreamResponse:
-        """Anthropic's Messages API (``ex.api == "anthropic"``): the chat operation in
-        Anthropic's wire format, translated when the target speaks OpenAI's."""
-        # Anthropic's SDKs and consoles look for `request-id`.
-        ex.response_headers.append((b"request-id", ex.request_id.encode("latin-1")))
-        return await self._proxy(ex, _CHAT)
-
-    async def _embeddings(self, ex: Exchange) -> Response | StreamResponse:
-        return await self._proxy(ex, _EMBEDDINGS)
-
     async def _proxy(self, ex: Exchange, endpoint: str) -> Response | StreamResponse:
+        """Chat completions and embeddings; Anthropic's Messages API is the chat
+        operation with ``ex.api == "anthropic"`` (translated when the target speaks
+        OpenAI's format).
+
+        A stage whose implementations are all sync is run without a coroutine
+        (``Stage.run``); an empty one is skipped."""
+        if ex.api == "anthropic":
+            # Anthropic's SDKs and consoles look for `request-id`.
+            ex.response_headers.append((b"request-id", ex.request_id.encode("latin-1")))
         hooks = self.hooks
-        if hooks.request_received:
-            await hooks.request_received(ex)
-        principal = await hooks.authenticate(ex)
+        stage = hooks.request_received
+        if stage.impls:
+            if stage.sync:
+                stage.run(ex)
+            else:
+                await stage(ex)
+        stage = hooks.authenticate
+        principal = stage.run(ex) if stage.sync else await stage(ex)
         if principal is None:
             raise AuthenticationError("no authentication plugin accepted the request")
         ex.principal = principal
@@ -289,28 +295,36 @@ class Gateway:
                                      param="max_tokens")
         elif "input" not in body:
             raise BadRequest("you must provide an input parameter", param="input")
-        denial = await hooks.authorize(ex, principal)
+        stage = hooks.authorize
+        denial = stage.run(ex, principal) if stage.sync else await stage(ex, principal)
         if denial is not None:
             raise denial.to_error()
         if self._transform:
-            await hooks.transform_request(ex)
+            stage = hooks.transform_request
+            if stage.sync:
+                stage.run(ex)
+            else:
+                await stage(ex)
             model = ex.json.get("model")
             if isinstance(model, str) and model:
                 ex.alias = model
-        plan = await hooks.route(ex)
+        stage = hooks.route
+        plan = stage.run(ex) if stage.sync else await stage(ex)
         if plan is None:
             raise NotFound(f"The model `{ex.alias}` does not exist or you do not have access "
                            f"to it.", code="model_not_found", param="model")
         ex.plan = plan
-        if hooks.admit:
-            denial = await hooks.admit(ex, plan)
+        stage = hooks.admit
+        if stage.impls:
+            denial = stage.run(ex, plan) if stage.sync else await stage(ex, plan)
             if denial is not None:
                 raise denial.to_error()
-        if hooks.cache_lookup:
-            cached = await hooks.cache_lookup(ex)
+        stage = hooks.cache_lookup
+        if stage.impls:
+            cached = stage.run(ex) if stage.sync else await stage(ex)
             if cached is not None:
                 return cached
-        # Retries and failover around _send (docs/reliability.md).
+        # Retries and failover around _attempt (docs/reliability.md).
         return await self.executor.run(ex, plan, endpoint)
 
     def _upstream_body(self, ex: Exchange, target: Target) -> bytes:
@@ -329,19 +343,6 @@ class Gateway:
             body = orjson.dumps({**ex.json, "model": target.model})
         return body
 
-    async def _send(self, ex: Exchange, plan: RoutePlan, target: Target,
-                    endpoint: str) -> Response | StreamResponse:
-        """Answer from the provider: through in-flight dedup when it applies (identical
-        requests share one upstream call), else with one attempt of our own."""
-        provider = self.providers.get(target.provider)
-        if provider is None:
-            raise RequestError(f"route for {plan.alias!r} names unknown provider "
-                               f"{target.provider!r}", code="bad_route")
-        dedup = self.dedup
-        if dedup.enabled and dedup.applies(ex, endpoint):
-            return await dedup.send(ex, provider, target, endpoint)
-        return await self._attempt(ex, provider, target, endpoint)
-
     def fingerprint(self, ex: Exchange) -> bytes:
         """The request's fingerprint, computed once per exchange (dedup and the cache use
         the same value): route, model alias, canonical body without the model's
@@ -353,7 +354,8 @@ class Gateway:
         return fp
 
     async def _attempt(self, ex: Exchange, provider: Provider, target: Target,
-                       endpoint: str) -> Response | StreamResponse:
+                       endpoint: str, th: TargetHealth | None = None
+                       ) -> Response | StreamResponse:
         """One upstream call: admission (the provider's queue, if it has a
         max_concurrent: the slot is held until the response is read or the stream
         ends), then :meth:`_call`.
@@ -363,9 +365,10 @@ class Gateway:
         a status in the model's ``retry_on`` is a failure, any other answer a success
         whose time to answer (to the first event of a stream) goes into the latency
         average; an attempt cancelled or refused before the provider answered is
-        neither."""
+        neither.  ``th``: the target's health, when the caller has it at hand."""
         health = self.health
-        th = health.targets.get(target) or health.get(target)
+        if th is None:
+            th = health.targets.get(target) or health.get(target)
         th.outstanding += 1
         t0 = time.perf_counter()
         try:
@@ -402,8 +405,13 @@ class Gateway:
         (hapax.translate): plugins, the cache and dedup see the client's format."""
         attempt = Attempt(target, len(ex.attempts) + 1)
         ex.attempts.append(attempt)
-        if self.hooks.before_attempt:
-            await self.hooks.before_attempt(ex, attempt)
+        hooks = self.hooks
+        stage = hooks.before_attempt
+        if stage.impls:
+            if stage.sync:
+                stage.run(ex, attempt)
+            else:
+                await stage(ex, attempt)
         # The front door and the provider may speak different formats: translate.
         crossed = provider.api != ex.api
         body = (self._translated_body(ex, provider, target, endpoint) if crossed
@@ -448,10 +456,18 @@ class Gateway:
             resp = self._translated_response(ex, target, resp)
         if 200 <= resp.status < 300:
             ex.state["response"] = resp
-            if self.hooks.transform_response:
-                await self.hooks.transform_response(ex, resp)
-            if self.hooks.cache_store:
-                await self.hooks.cache_store(ex, resp)
+            stage = hooks.transform_response
+            if stage.impls:
+                if stage.sync:
+                    stage.run(ex, resp)
+                else:
+                    await stage(ex, resp)
+            stage = hooks.cache_store
+            if stage.impls:
+                if stage.sync:
+                    stage.run(ex, resp)
+                else:
+                    await stage(ex, resp)
         return resp
 
     def _translated_body(self, ex: Exchange, provider: Provider, target: Target,
@@ -543,7 +559,8 @@ class Gateway:
                 watched = True
             else:
                 deadline = -deadline  # checked by hand below
-        transform = self.hooks.transform_chunk
+        # Per event, a bool (Stage.__bool__ is a Python call).
+        transform = bool(self.hooks.transform_chunk.impls)
         # Token counts: OpenAI's are in one chunk (`include_usage`); Anthropic's come in
         # two events (message_start: input, message_delta: output).
         if ex.api == "anthropic":
@@ -555,13 +572,14 @@ class Gateway:
         # events, and offer a completed stream to hapax_cache_store.
         budget: int | None = ex.state.get("cache_stream")
         kept: list[bytes] = []
+        next_batch = events.__anext__
         try:
             while True:
                 if batch is None:
                     if deadline < 0 and time.perf_counter() > -deadline:
                         raise UpstreamError("stream cut: deadline")  # reported as such below
                     try:
-                        batch = await events.__anext__()
+                        batch = await next_batch()
                     except StopAsyncIteration:
                         if budget is not None:
                             await self._offer_stream(ex, kept, attempt)
@@ -661,7 +679,9 @@ class Gateway:
             except orjson.JSONDecodeError:
                 out.append(ev)
                 continue
-            chunk = await self.hooks.transform_chunk(ex, chunk, chain=True)
+            stage = self.hooks.transform_chunk
+            chunk = (stage.run(ex, chunk, chain=True) if stage.sync
+                     else await stage(ex, chunk, chain=True))
             out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         return out
 
@@ -713,7 +733,7 @@ class Gateway:
                 if isinstance(usage, dict):
                     ex.usage = translate.openai_usage(usage) if ex.api == "anthropic" \
                         else usage
-        if not self._after:
+        if not self._after.impls:  # (not Stage.__bool__: a Python call)
             return
         try:
             pending = self._after.call_sync(ex)

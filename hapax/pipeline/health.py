@@ -269,10 +269,14 @@ class Health:
         """May an attempt go to ``target`` now?  :data:`DENIED` (skip it), 0 (yes), or a
         positive ticket: a half-open probe slot, to give back with :meth:`release` once
         the attempt is over."""
-        th = self.targets.get(target) or self.get(target)
+        return self.allow_health(self.targets.get(target) or self.get(target))
+
+    def allow_health(self, th: TargetHealth) -> int:
+        """:meth:`allow` for a target whose health the caller already holds."""
         state = th.state
         if state == CLOSED:
             return 0
+        target = th.target
         if state == OPEN:
             if th.retry_in() > 0:
                 self.skipped.inc((target.provider, target.model))

@@ -79,9 +79,12 @@ class PluginInfo:
 
 
 class Stage:
-    """One hook, resolved: an ordered list of ``(function, is_async, arg indices)``."""
+    """One hook, resolved: an ordered list of ``(function, is_async, arg indices)``.
 
-    __slots__ = ("name", "first", "impls", "argnames")
+    ``sync`` is true when no implementation is ``async``: the pipeline then calls
+    :meth:`run` instead of awaiting the stage (no coroutine per stage and request)."""
+
+    __slots__ = ("name", "first", "impls", "argnames", "sync")
 
     def __init__(self, pm: pluggy.PluginManager, name: str, *, trace: bool = False) -> None:
         caller = getattr(pm.hook, name)
@@ -103,6 +106,7 @@ class Stage:
                 fn = _traced(fn, impl.plugin_name, name, is_async)
             impls.append((fn, is_async, pick, impl.plugin_name))
         self.impls = tuple(impls)
+        self.sync = not any(impl[1] for impl in self.impls)
 
     def __bool__(self) -> bool:
         return bool(self.impls)
@@ -113,7 +117,26 @@ class Stage:
 
     @property
     def all_sync(self) -> bool:
-        return not any(impl[1] for impl in self.impls)
+        return self.sync
+
+    def run(self, *args: Any, chain: bool = False) -> Any:
+        """:meth:`__call__` for a stage whose implementations are all sync (``sync``),
+        without a coroutine: same order, first-result, chaining and error wrapping."""
+        first = self.first
+        for fn, _, pick, plugin in self.impls:
+            try:
+                result = fn(*args) if pick is None else fn(*[args[i] for i in pick])
+            except RequestError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {plugin!r} failed in {self.name}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if result is not None:
+                if first:
+                    return result
+                if chain:
+                    args = (*args[:-1], result)
+        return args[-1] if chain else None
 
     async def __call__(self, *args: Any, chain: bool = False) -> Any:
         """Run the implementations in order.

@@ -148,7 +148,7 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: Any = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
         self.requests = 0  # responses completed on this connection
         self.idle_since = 0.0
@@ -200,6 +200,10 @@ class _Connection(asyncio.Protocol):
                 resp._fail(UpstreamError(f"provider {self.pool.name!r} closed the connection "
                                          f"before the response was complete"))
         self.response = None
+        # The parser holds this protocol's callbacks: drop it, so that the closed
+        # connection is freed now by reference counting instead of waiting, with its
+        # buffers, for a full garbage collection (see HTTP11Protocol.connection_lost).
+        self.parser = None
         self.pool._lost(self)
 
     def pause_writing(self) -> None:  # request bodies are small; nothing to pace
@@ -350,7 +354,10 @@ class UpstreamPool:
     async def request(self, data: bytes) -> UpstreamResponse:
         """Send one request (head and body in ``data``) and wait for the response head."""
         for _ in range(3):
-            conn = await self._acquire()
+            # An idle connection is taken without a coroutine (the usual case).
+            conn = self._take_idle() if self._idle else None
+            if conn is None:
+                conn = await self._acquire()
             resp = UpstreamResponse(conn)
             conn.send(data, resp)
             try:
@@ -364,13 +371,21 @@ class UpstreamPool:
         raise UpstreamError(f"provider {self.name!r} closed the connection three times before "
                             f"answering")
 
-    async def _acquire(self) -> _Connection:
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used idle connection still fit for reuse, if any; those
+        closed or idle too long are dropped on the way."""
         now = self.loop.time()
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed and now - conn.idle_since < self.keepalive_timeout:
                 return conn
             conn.abort()  # _lost() will decrement the count
+        return None
+
+    async def _acquire(self) -> _Connection:
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
         if self._open < self.max_connections:
             return await self._connect()
         fut: asyncio.Future[_Connection | None] = self.loop.create_future()
