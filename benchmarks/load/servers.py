@@ -308,10 +308,13 @@ def gateway_summary(max_concurrent: int) -> str:
 
 def start_gateway(procs: Procs, tmp: Path, core: int | None, stub_port: int, *,
                   name: str = "gateway", workers: int = 1, max_concurrent: int = 10000,
-                  slow_port: int | None = None) -> tuple[subprocess.Popen[Any], int]:
+                  slow_port: int | None = None,
+                  source: Path | None = None) -> tuple[subprocess.Popen[Any], int]:
     """Start ``hapax serve`` on a generated config; return the process and its port.
 
     ``slow_port``: also route :data:`SLOW_ALIAS` to a stub there (the no-buffering check).
+    ``source``: run the ``hapax`` package of that checkout (its core built in place)
+    instead of the installed one (benchmarks/load/compare.py).
     """
     slow_provider = slow_model = ""
     if slow_port is not None:
@@ -326,11 +329,17 @@ def start_gateway(procs: Procs, tmp: Path, core: int | None, stub_port: int, *,
     log_path = tmp / f"{name}.log"
     log = open(log_path, "wb")
     env = {**os.environ, "HAPAX_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source),
+                                                          env.get("PYTHONPATH")]))
     port = ["--port", "0"] if workers == 1 else ["--port", str(free_port()),
                                                  "--workers", str(workers)]
     proc = procs.start(name, [*pin(core), sys.executable, "-m", "hapax", "serve", str(cfg),
                               *port, "--log-level", "info"],
-                       stdout=log, stderr=subprocess.STDOUT, env=env)
+                       stdout=log, stderr=subprocess.STDOUT, env=env,
+                       # ``-m`` puts the working directory first on sys.path: make sure
+                       # it is not a checkout that would shadow ``source``.
+                       cwd=tmp if source is not None else None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         m = re.search(r"listening on http://[^:]+:(\d+)", log_path.read_text(errors="replace"))
