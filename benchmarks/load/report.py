@@ -255,8 +255,14 @@ def render(rows: list[Row], goals: list[Goal], res: dict[str, Any], args: argpar
         ("command", res["command"]),
         ("upstream stub", res["stub"]),
         ("closed-loop generator", res["generator"]),
-        ("open-loop generator", f"benchmarks/load/openloop.py, {args.rate:g} req/s, "
-                                f"{args.rate_duration:g}s after {args.rate_warmup:g}s warm-up"),
+        ("open-loop generator", f"benchmarks/load/openloop.py, {args.rate:g} req/s; "
+                                f"direct, gateway and nginx take turns in "
+                                f"{getattr(args, 'rate_rounds', 1)} rounds of "
+                                f"{args.rate_duration / getattr(args, 'rate_rounds', 1):g}s "
+                                f"(streamed: "
+                                f"{args.ttft_duration / getattr(args, 'rate_rounds', 1):g}s), "
+                                f"each after {args.rate_warmup:g}s warm-up; median round "
+                                f"shown"),
         ("pinning", f"gateway and nginx proxy on core {res['gateway_core']}, stub and "
                     f"generators on core {res['other_core']} (the --workers 2 phase is not "
                     f"pinned)" if res["pinned"] else "none"),

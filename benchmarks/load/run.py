@@ -65,6 +65,25 @@ PHASES = ("latency", "ttft", "max", "stream", "rss", "workers", "overload")
 SLOW_DELAY_MS = 20.0
 
 
+_SUMMED = ("sent", "completed", "errors", "non2xx", "shed")
+
+
+def _merge_rounds(got: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several open-loop rounds: counts summed, other figures the
+    median of the rounds (the rounds' own values kept under ``rounds``)."""
+    out: dict[str, Any] = {}
+    for k, v in got[0].items():
+        if k in _SUMMED:
+            out[k] = sum(r[k] for r in got)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = sorted(r[k] for r in got)
+            out[k] = vals[len(vals) // 2]
+        else:
+            out[k] = v
+    out["rounds"] = [{"p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms")} for r in got]
+    return out
+
+
 class Run:
     """One measuring run: the processes, the generators and the figures gathered so far."""
 
@@ -143,27 +162,37 @@ class Run:
 
     def latency(self) -> None:
         a = self.args
-        for name, port, pids in self.targets_via():
-            self.say(f"open loop at {a.rate:g} req/s for {a.rate_duration:g}s: {name} …")
-            r, cpu = with_cpu(pids, lambda port=port: self.load.openloop(
-                port, ["--rate", f"{a.rate:g}"], a.rate_duration, a.rate_warmup))
-            # The warm-up part of the open-loop run is served too: count it in the division.
-            served = r["sent"] - r["errors"]
-            r["cpu_us"] = cpu / served * 1e6 if served else math.nan
-            self.res[f"rate_{name}"] = r
-            if name == "via":
-                self.track(r["sent"])
+        self.say(f"open loop at {a.rate:g} req/s, {a.rate_rounds} rounds of "
+                 f"{a.rate_duration / a.rate_rounds:g}s, taking turns: "
+                 f"{', '.join(n for n, _, _ in self.targets_via())} …")
+        self._rounds("rate", a.rate_duration, stream=False)
 
     def ttft(self) -> None:
         a = self.args
-        for name, port, _ in self.targets_via():
-            self.say(f"streamed, open loop at {a.rate:g} req/s for {a.ttft_duration:g}s: "
-                     f"{name} …")
-            r = self.load.openloop(port, ["--rate", f"{a.rate:g}"], a.ttft_duration,
-                                   a.rate_warmup, stream=True)
-            self.res[f"ttft_{name}"] = r
-            if name == "via":
-                self.track(r["sent"])
+        self.say(f"streamed, open loop at {a.rate:g} req/s, {a.rate_rounds} rounds of "
+                 f"{a.ttft_duration / a.rate_rounds:g}s, taking turns …")
+        self._rounds("ttft", a.ttft_duration, stream=True)
+
+    def _rounds(self, key: str, duration: float, *, stream: bool) -> None:
+        """Open loop at ``--rate`` against each target in turn, ``--rate-rounds`` times:
+        the host's idle wake-ups and neighbours move latency at this rate from one
+        minute to the next, so the targets share the minutes and each figure is the
+        median of its rounds (counts are summed)."""
+        a = self.args
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(a.rate_rounds):
+            for name, port, pids in self.targets_via():
+                r, cpu = with_cpu(pids, lambda port=port: self.load.openloop(
+                    port, ["--rate", f"{a.rate:g}"], duration / a.rate_rounds,
+                    a.rate_warmup, stream=stream))
+                # The warm-up part of the open-loop run is served too: count it.
+                served = r["sent"] - r["errors"]
+                r["cpu_us"] = cpu / served * 1e6 if served else math.nan
+                rounds.setdefault(name, []).append(r)
+                if name == "via":
+                    self.track(r["sent"])
+        for name, got in rounds.items():
+            self.res[f"{key}_{name}"] = _merge_rounds(got)
 
     def _windows(self, port: int, pids: int | list[int], seconds: float,
                  windows: int, *, track: bool = False, **kw: Any) -> dict[str, Any]:
@@ -328,10 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=4, help="closed-loop warm-up (s)")
     p.add_argument("--connections", type=int, default=64, help="closed-loop concurrency")
     p.add_argument("--rate", type=float, default=500, help="open-loop rate (req/s)")
-    p.add_argument("--rate-duration", type=float, default=10, help="open-loop window (s)")
-    p.add_argument("--rate-warmup", type=float, default=2, help="open-loop warm-up (s)")
-    p.add_argument("--ttft-duration", type=float, default=6,
-                   help="streamed open-loop window (s)")
+    p.add_argument("--rate-duration", type=float, default=12,
+                   help="open-loop time per target (s), cut in --rate-rounds")
+    p.add_argument("--rate-rounds", type=int, default=3,
+                   help="open-loop rounds: direct, gateway and nginx take turns this many "
+                        "times; the median round is shown")
+    p.add_argument("--rate-warmup", type=float, default=1,
+                   help="open-loop warm-up before each round (s)")
+    p.add_argument("--ttft-duration", type=float, default=9,
+                   help="streamed open-loop time per target (s), cut in --rate-rounds")
     p.add_argument("--rss-requests", type=int, default=1_000_000,
                    help="the memory phase runs until the gateway has answered this many "
                         "requests in the whole run (the earlier phases count; RSS is shown "
