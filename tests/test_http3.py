@@ -5,6 +5,7 @@ clients on 127.0.0.1 — aioquic's HTTP/3 client over UDP, the openai SDK over T
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 import time
@@ -562,3 +563,66 @@ def test_connections_beyond_max_connections_are_refused(
     assert reply.status == 200
     assert "hapax_http3_connections_refused_total 1" in refused
     assert len(fake_provider.requests) == 1
+
+
+def test_closed_connections_are_freed_without_the_garbage_collector(
+        hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
+    # As for HTTP/1.1 (tests/test_http11.py): a closed QUIC connection's objects must go
+    # by reference counting, not wait for a full collection (every ~2M requests in a
+    # worker), or every connection ever made would hold its memory until then.
+    from hapax.server.http3 import H3Protocol
+
+    gw = hapax_gateway(tls_config(fake_provider, certs))
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is H3Protocol)
+
+    async def one() -> int:
+        async with h3_client(gw, certs) as client:
+            return (await client.request("POST", CHAT, chat_body())).status
+
+    gc.collect()
+    gc.disable()
+    try:
+        base = alive()
+        for _ in range(5):
+            assert run(one()) == 200
+        deadline = time.monotonic() + 10
+        while (left := alive() - base) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left <= 0, f"{left} closed QUIC connections still in memory"
+    finally:
+        gc.enable()
+
+
+def test_ended_quic_connections_are_collected_in_batches(
+        hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # aioquic's QuicConnection holds its own bound methods (a cycle we do not own): the
+    # listener runs a collection every _COLLECT_EVERY ended connections, so no more than
+    # that many wait for one, however rare the worker's own full collections are.
+    from aioquic.quic.connection import QuicConnection
+
+    import hapax.server.http3 as http3
+
+    monkeypatch.setattr(http3, "_COLLECT_EVERY", 3)
+    gw = hapax_gateway(tls_config(fake_provider, certs))
+
+    def server_side() -> int:
+        return sum(1 for o in gc.get_objects()
+                   if type(o) is QuicConnection and not o._is_client)
+
+    async def one() -> int:
+        async with h3_client(gw, certs) as client:
+            return (await client.request("POST", CHAT, chat_body())).status
+
+    gc.collect()
+    gc.disable()  # only the listener's collections run
+    try:
+        base = server_side()
+        for _ in range(7):
+            assert run(one()) == 200
+        time.sleep(0.5)  # the last connection's end reaches the listener
+        assert server_side() - base <= 3
+    finally:
+        gc.enable()
