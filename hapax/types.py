@@ -20,6 +20,7 @@ __all__ = [
     "Attempt",
     "Response",
     "StreamResponse",
+    "FinalBatch",
     "ANONYMOUS",
 ]
 
@@ -157,6 +158,17 @@ class StreamResponse:
         if self.close is not None:
             self.close()
         await aclose_events(self.events)
+
+
+class FinalBatch(list):  # type: ignore[type-arg]
+    """A batch of events after which the stream yields nothing more (OpenAI's
+    ``[DONE]`` has been seen).  A listener may end its response with it: HTTP/1.1 sends
+    the chunked terminator in the same write, instead of a second write once the
+    iterator ends (which can wait for the provider to finish its response).  Anything
+    that rebuilds a batch (a translation, a chunk transform) yields a plain list, and
+    the stream ends the usual way."""
+
+    __slots__ = ()
 
 
 async def aclose_events(events: AsyncIterator[list[bytes]]) -> None:

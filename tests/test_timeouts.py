@@ -29,6 +29,7 @@ from helpers import (
     wait_for,
     with_provider,
 )
+from http_raw import RawConn, request_bytes
 
 from hapax.config import from_dict
 from hapax.errors import UpstreamTimeout
@@ -365,6 +366,29 @@ def test_provider_holding_the_stream_open_after_done(fake_provider: FakeProvider
     data, error = stream(gw)
     assert error is None and content_of(data) == "Hello"
     assert time.monotonic() - t0 < 5  # not timeouts.idle (300 s)
+
+
+def test_the_client_stream_ends_at_done_without_waiting_for_the_provider(
+        fake_provider: FakeProvider, hapax_gateway: GatewayFactory) -> None:
+    """[DONE] is the end of the client's stream: the chunked terminator goes out with it
+    (one write), not once the provider has finished its own response — which a provider
+    holding the response open delays by the drain grace (1 s) before its connection is
+    dropped."""
+    fake_provider.queue(Reply(events=[*GOOD, chunk("late")], stall_after_events=len(GOOD)))
+    gw = hapax_gateway(one_target(fake_provider.base_url))
+    body = orjson.dumps({"model": "m", "messages": HELLO, "stream": True})
+    with RawConn(gw.port) as c:
+        c.send(request_bytes(body=body, headers=[("authorization", "Bearer sk-test")]))
+        assert c.read_head().status == 200
+        chunks = []
+        while (piece := c.read_chunk()) != b"":
+            chunks.append(piece)
+            if piece.endswith(b"data: [DONE]\n\n"):
+                done_at = time.monotonic()
+        ended_at = time.monotonic()
+    assert b"".join(chunks).endswith(b"data: [DONE]\n\n") and b"late" not in b"".join(chunks)
+    # The terminator came with [DONE], not after the provider's drain grace (1 s).
+    assert ended_at - done_at < 0.5
 
 
 # -- the request's deadline -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from hapax._core.sse import SSEDecoder, event_data
 from hapax.errors import UpstreamError
 from hapax.providers.base import ENDPOINTS, Provider
 from hapax.providers.upstream import UpstreamPool, UpstreamResponse
-from hapax.types import Response, StreamResponse
+from hapax.types import FinalBatch, Response, StreamResponse
 
 if TYPE_CHECKING:
     from hapax.config import ProviderConfig
@@ -205,7 +205,7 @@ async def _relay(resp: UpstreamResponse, provider: str) -> AsyncIterator[list[by
                     yield events[:i]  # what came before the bad event is good
                 raise
             if done:  # [DONE]: the stream is complete
-                yield events[:i + 1]
+                yield FinalBatch(events[:i + 1])
                 await _drain(resp)
                 return
         yield events

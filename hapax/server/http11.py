@@ -33,6 +33,7 @@ from hapax._core.http1 import (
     status_line,
 )
 from hapax.pipeline.exchange import Exchange, new_request_id
+from hapax.types import FinalBatch
 
 if TYPE_CHECKING:
     from hapax.pipeline.gateway import Gateway
@@ -449,12 +450,20 @@ class HTTP11Protocol(asyncio.Protocol):
         if not chunked:
             ex.keep_alive = False
         framing = b"transfer-encoding: chunked\r\n" if chunked else b""
+        ended = False  # the chunked terminator is out
         try:
             async for batch in events:
+                if ended:
+                    continue  # nothing follows a FinalBatch (defensive: never written)
                 # The head goes out with the first event: one write, one packet.
                 out = chunk(batch, self._head(ex, resp.status, resp.headers, framing)
                             if first else b"", chunked)
-                if not out:
+                if type(batch) is FinalBatch and chunked:
+                    # The last events: the terminator goes in the same write.
+                    out = (out or (self._head(ex, resp.status, resp.headers, framing)
+                                   if first else b"")) + b"0\r\n\r\n"
+                    ended = True
+                elif not out:
                     continue  # no bytes (an empty chunk would end the body)
                 first = False
                 transport.write(out)
@@ -462,7 +471,7 @@ class HTTP11Protocol(asyncio.Protocol):
                     await self._drain()
             if first:
                 transport.write(self._head(ex, resp.status, resp.headers, framing))
-            if chunked:
+            if chunked and not ended:
                 transport.write(b"0\r\n\r\n")
         finally:
             await resp.release()
