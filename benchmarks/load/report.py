@@ -94,6 +94,14 @@ def table(res: dict[str, Any], args: argparse.Namespace) -> list[Row]:
                       f"{_added(res, 'rate', 'p50_ms', 'nginx'):+.2f} / "
                       f"{_added(res, 'rate', 'p99_ms', 'nginx'):+.2f} ms (gateway/nginx p50 "
                       f"{ratio})")]
+    if "same_via" in res:
+        same = f"{_added(res, 'same', 'p50_ms', 'via'):+.2f} / " \
+               f"{_added(res, 'same', 'p99_ms', 'via'):+.2f} ms gateway"
+        if "same_nginx" in res:
+            same += f", {_added(res, 'same', 'p50_ms', 'nginx'):+.2f} / " \
+                    f"{_added(res, 'same', 'p99_ms', 'nginx'):+.2f} ms nginx"
+        rows += [("added latency p50 / p99, everything on one core (no cross-core wake-ups)",
+                  same)]
     if "ttft_via" in res:
         rows += [
             (f"streamed, time to first event p50 at {args.rate:g} req/s",

@@ -33,6 +33,7 @@ import math
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +67,12 @@ SLOW_DELAY_MS = 20.0
 
 
 _SUMMED = ("sent", "completed", "errors", "non2xx", "shed")
+
+
+def _taskset(pid: int, core: int) -> None:
+    """Move every thread of ``pid`` to ``core``."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True,
+                   capture_output=True)
 
 
 def _merge_rounds(got: list[dict[str, Any]]) -> dict[str, Any]:
@@ -166,6 +173,20 @@ class Run:
                  f"{a.rate_duration / a.rate_rounds:g}s, taking turns: "
                  f"{', '.join(n for n, _, _ in self.targets_via())} …")
         self._rounds("rate", a.rate_duration, stream=False)
+        if a.same_core and self.gw_core is not None and self.other != self.gw_core:
+            # The same rounds with the gateway and the proxy moved onto the generator's and
+            # the stub's core: no request crosses cores, so no idle core has to be woken
+            # (on a VM, an inter-processor wake-up of a halted vCPU costs 0.1 ms or more
+            # and varies with the host): what is left is each proxy's own work.
+            self.say("… again with the gateway and nginx on the stub's core …")
+            pids = [self.gw_pid] + ([self.proxy_pid] if self.proxy_port else [])
+            try:
+                for pid in pids:
+                    _taskset(pid, self.other)
+                self._rounds("same", a.rate_duration, stream=False)
+            finally:
+                for pid in pids:
+                    _taskset(pid, self.gw_core)
 
     def ttft(self) -> None:
         a = self.args
@@ -362,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-rounds", type=int, default=3,
                    help="open-loop rounds: direct, gateway and nginx take turns this many "
                         "times; the median round is shown")
+    p.add_argument("--no-same-core", dest="same_core", action="store_false",
+                   help="skip the latency rounds with everything on one core")
     p.add_argument("--rate-warmup", type=float, default=1,
                    help="open-loop warm-up before each round (s)")
     p.add_argument("--ttft-duration", type=float, default=9,
