@@ -26,9 +26,10 @@ from test_bench_pipeline import chat_body
 
 from hapax.builtins.ratelimit import Plugin
 from hapax.config import from_dict
-from hapax.limiter import Limit, Limiter, LimitState
+from hapax.limiter import Limiter
 from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.gateway import Gateway
+from hapax.testing.limiters import InterfaceOnly
 from hapax.types import Principal, RoutePlan
 
 BATCH = 2000
@@ -36,25 +37,9 @@ BODY = chat_body("bench-stub")
 USAGE = {"prompt_tokens": 57, "completion_tokens": 11, "total_tokens": 68}
 
 
-class WithoutFastPath(Limiter):
-    """The in-node limiter seen through the abstract interface only."""
-
-    def __init__(self, inner: Limiter) -> None:
-        self.inner = inner
-
-    def prepare(self, limits: Any) -> None:
-        self.inner.prepare(limits)
-
-    async def acquire(self, charges: Any) -> list[LimitState]:
-        return await self.inner.acquire(charges)
-
-    def adjust(self, limit: Limit, delta: int) -> None:
-        self.inner.adjust(limit, delta)
-
-
 class GenericPlugin(Plugin):
     def make_limiter(self, gateway: Any) -> Limiter:
-        return WithoutFastPath(super().make_limiter(gateway))
+        return InterfaceOnly(super().make_limiter(gateway))
 
 
 def make_gateway(loop: asyncio.AbstractEventLoop, plugin: Plugin,

@@ -9,7 +9,6 @@ answers a normal request on a fresh connection afterwards.
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import alive, collector_off, wait_for
 from http_raw import RawConn, RawResponse, chat_body, chunked, request_bytes
 
 from hapax.server.http11 import HTTP11Protocol
@@ -385,10 +385,10 @@ def test_client_closing_mid_request_abandons_it(
     gw = hapax_gateway(config(latency="2s"))
     with RawConn(gw.port) as c:
         c.send(chat("half") + chat("closed"))
-        wait_for(lambda: gw.gateway.in_flight == 1)
+        assert wait_for(lambda: gw.gateway.in_flight == 1)
         c.sock.shutdown(socket.SHUT_WR)
         assert c.read_to_eof() == b""
-    wait_for(lambda: gw.gateway.in_flight == 0)
+    assert wait_for(lambda: gw.gateway.in_flight == 0)
     still_serving(gw)
 
 
@@ -454,13 +454,6 @@ def test_slow_but_steady_body_is_not_timed_out(gw: GatewayThread) -> None:
 # -- gateway answers ----------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
 def test_concurrency_limit_gets_503(hapax_gateway: Callable[..., GatewayThread]) -> None:
     gw = hapax_gateway(config(latency="500ms"))
     conns = [RawConn(gw.port) for _ in range(4)]
@@ -468,7 +461,7 @@ def test_concurrency_limit_gets_503(hapax_gateway: Callable[..., GatewayThread])
         for i, c in enumerate(conns[:2]):
             c.send(chat(f"concurrent {i}"))
         # Both slow requests are in the gateway (max_concurrent: 2) before the others come.
-        wait_for(lambda: gw.gateway.in_flight == 2)
+        assert wait_for(lambda: gw.gateway.in_flight == 2)
         for i, c in enumerate(conns[2:], 2):
             c.send(chat(f"concurrent {i}"))
         responses = [c.read_response() for c in conns]
@@ -667,22 +660,15 @@ def test_concurrent_clients_each_get_their_own_answer(gw: GatewayThread) -> None
                        for i in range(2) for j in range(3)}
 
 
-def _protocols() -> int:
-    return sum(1 for o in gc.get_objects() if type(o) is HTTP11Protocol)
-
-
 @pytest.mark.parametrize("how", ["after_answer", "mid_request", "bad_request"])
 def test_closed_connections_are_freed_without_the_garbage_collector(
         gw: GatewayThread, how: str) -> None:
     # A closed connection's objects must go as soon as it closes, by reference counting:
     # the worker's garbage collector runs a full pass only every ~2M requests, so a
     # reference cycle per connection grew memory with every connection until then
-    # (benchmarks/load, issue 6's "no RSS growth").  gc.get_objects() still lists an
-    # unreachable cycle that has not been collected, so the count below sees a leak.
-    gc.collect()
-    gc.disable()
-    try:
-        base = _protocols()
+    # (benchmarks/load, issue 6's "no RSS growth").
+    with collector_off():
+        base = alive(HTTP11Protocol)
         for i in range(20):
             with RawConn(gw.port) as c:
                 if how == "after_answer":
@@ -693,10 +679,6 @@ def test_closed_connections_are_freed_without_the_garbage_collector(
                 else:
                     c.send(b"GARBAGE\r\n\r\n")
                     check_error(c.read_response(), 400, "bad_http_request", closes=True)
-        deadline = time.monotonic() + 10
-        while (left := _protocols() - base) > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert left <= 0, f"{left} closed connections still in memory"
-    finally:
-        gc.enable()
+        assert wait_for(lambda: alive(HTTP11Protocol) <= base), \
+            f"{alive(HTTP11Protocol) - base} closed connections still in memory"
     still_serving(gw)

@@ -22,7 +22,7 @@ from aioquic.asyncio.client import connect
 from aioquic.h3.connection import ErrorCode
 from aioquic.quic.configuration import QuicConfiguration
 from h3client import H3Client, H3Reply, goaway_of
-from helpers import GatewayFactory, wait_for
+from helpers import GatewayFactory, alive, collector_off, wait_for
 from proc import HapaxProcess
 
 from hapax.cli import main
@@ -574,25 +574,16 @@ def test_closed_connections_are_freed_without_the_garbage_collector(
 
     gw = hapax_gateway(tls_config(fake_provider, certs))
 
-    def alive() -> int:
-        return sum(1 for o in gc.get_objects() if type(o) is H3Protocol)
-
     async def one() -> int:
         async with h3_client(gw, certs) as client:
             return (await client.request("POST", CHAT, chat_body())).status
 
-    gc.collect()
-    gc.disable()
-    try:
-        base = alive()
+    with collector_off():
+        base = alive(H3Protocol)
         for _ in range(5):
             assert run(one()) == 200
-        deadline = time.monotonic() + 10
-        while (left := alive() - base) > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert left <= 0, f"{left} closed QUIC connections still in memory"
-    finally:
-        gc.enable()
+        assert wait_for(lambda: alive(H3Protocol) <= base), \
+            f"{alive(H3Protocol) - base} closed QUIC connections still in memory"
 
 
 def test_ended_quic_connections_are_collected_in_batches(
@@ -616,13 +607,9 @@ def test_ended_quic_connections_are_collected_in_batches(
         async with h3_client(gw, certs) as client:
             return (await client.request("POST", CHAT, chat_body())).status
 
-    gc.collect()
-    gc.disable()  # only the listener's collections run
-    try:
+    with collector_off():  # only the listener's collections run
         base = server_side()
         for _ in range(7):
             assert run(one()) == 200
         time.sleep(0.5)  # the last connection's end reaches the listener
         assert server_side() - base <= 3
-    finally:
-        gc.enable()

@@ -18,10 +18,11 @@ from proc import HapaxProcess
 from hapax._core import NO_EXTENSIONS
 from hapax.builtins import ratelimit
 from hapax.builtins.ratelimit import _headers, duration, estimate_tokens
-from hapax.limiter import Limit, Limiter, LimitState, NodeLimiter
+from hapax.limiter import Limit, Limiter, NodeLimiter
 from hapax.node import NodeState
 from hapax.testing import GatewayThread, config_for
 from hapax.testing.fake_provider import FakeProvider, Reply
+from hapax.testing.limiters import InterfaceOnly
 
 HELLO = [{"role": "user", "content": "hello there"}]
 KEYS = {"alice": "sk-alice-secret", "bob": "sk-bob-secret"}
@@ -317,25 +318,9 @@ class FrozenClock(ratelimit.Plugin):
         return NodeLimiter(gateway.node, clock=lambda: T0)
 
 
-class WithoutFastPath(Limiter):
-    """Another store, as the plugin sees it: only the abstract interface."""
-
-    def __init__(self, inner: Limiter) -> None:
-        self.inner = inner
-
-    def prepare(self, limits: Any) -> None:
-        self.inner.prepare(limits)
-
-    async def acquire(self, charges: Any) -> list[LimitState]:
-        return await self.inner.acquire(charges)
-
-    def adjust(self, limit: Limit, delta: int) -> None:
-        self.inner.adjust(limit, delta)
-
-
 class GenericPath(FrozenClock):
     def make_limiter(self, gateway: Any) -> Limiter:
-        return WithoutFastPath(super().make_limiter(gateway))
+        return InterfaceOnly(super().make_limiter(gateway))
 
 
 def transcript(gw: GatewayThread, fake: FakeProvider) -> list[Any]:

@@ -3,7 +3,6 @@ what comes back when the provider misbehaves (errors, silence, garbage, hang-ups
 
 from __future__ import annotations
 
-import gc
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -16,8 +15,10 @@ from helpers import (
     HELLO,
     GatewayFactory,
     RawServer,
+    alive,
     client,
     closed_port,
+    collector_off,
     post,
     wait_for,
     with_provider,
@@ -402,19 +403,13 @@ def test_closed_upstream_connections_are_freed_without_the_garbage_collector(
     gw = hapax_gateway(config_for(server.base_url, models=["m"]))
     pool = gw.gateway.providers["fake"]
 
-    def alive() -> int:
-        return sum(1 for o in gc.get_objects() if type(o) is _Connection)
-
-    gc.collect()
-    gc.disable()
-    try:
-        base = alive()
+    with collector_off():
+        base = alive(_Connection)
         with client(gw) as c:
             for _ in range(10):
                 resp = c.chat.completions.create(model="m", messages=HELLO)
                 assert resp.choices[0].message.content == "raw ok"
                 assert wait_for(lambda: pool.stats()["open"] == 0)
         assert server.connections == 10
-        assert wait_for(lambda: alive() <= base), f"{alive() - base} closed connections left"
-    finally:
-        gc.enable()
+        assert wait_for(lambda: alive(_Connection) <= base), \
+            f"{alive(_Connection) - base} closed connections left"
