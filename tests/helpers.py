@@ -158,6 +158,24 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return condition()
 
 
+def metric(gw: GatewayThread, name: str, **labels: str) -> float:
+    """The value of one series on the gateway's ``/metrics``, read over HTTP (0 when
+    the series is absent); ``labels`` must name all of the series' labels."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    want = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        family, _, rest = series.partition("{")
+        if family == name and set(filter(None, rest.rstrip("}").split(","))) == want:
+            return float(value)
+    return 0.0
+
+
 def alive(cls: type) -> int:
     """Objects of exactly ``cls`` the cyclic garbage collector tracks — unreachable
     cycles it has not collected yet included, so a count that stays up with the

@@ -4,12 +4,12 @@ official SDK and raw HTTP against a gateway in front of the fake provider."""
 from __future__ import annotations
 
 import http.client
-import re
 import time
 from typing import Any
 
 import orjson
 import pytest
+from helpers import metric
 from openai import OpenAI
 from proc import HapaxProcess
 
@@ -48,22 +48,6 @@ def post(gw: GatewayThread, body: bytes | dict[str, Any], *, key: str | None = N
 
 def chat(prompt: str = "hello", model: str = "m", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": prompt}], **extra}
-
-
-def metric(gw: GatewayThread, name: str, **labels: str) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
-        if m and m.group(1) == name and ",".join(sorted((m.group(2) or "").split(","))
-                                                 if m.group(2) else []) == want:
-            return float(m.group(3))
-    return 0.0
 
 
 def test_miss_then_hit_calls_the_provider_once(fake_provider: FakeProvider,

@@ -24,7 +24,7 @@ import httpx2
 import openai
 import pytest
 from anthropic.types import RawContentBlockDeltaEvent, TextDelta
-from helpers import HELLO, GatewayFactory, closed_port, two_targets, wait_for
+from helpers import HELLO, GatewayFactory, closed_port, metric, two_targets, wait_for
 from openai.types.chat import ChatCompletionChunk
 
 from hapax.testing import GatewayThread
@@ -62,17 +62,6 @@ def _last_user_text(request: RecordedRequest) -> str:
             return content if isinstance(content, str) else "".join(
                 part.get("text", "") for part in content)
     return ""
-
-
-def metric(gw: GatewayThread, name: str, **labels: str) -> float:
-    """The value of one series on the gateway's ``/metrics`` (0 when absent)."""
-    want = {f'{k}="{v}"' for k, v in labels.items()}
-    for line in gw.gateway.metrics.render().decode().splitlines():
-        series, _, value = line.rpartition(" ")
-        family, _, rest = series.partition("{")
-        if family == name and set(filter(None, rest.rstrip("}").split(","))) == want:
-            return float(value)
-    return 0.0
 
 
 # -- the two client columns ----------------------------------------------------------------

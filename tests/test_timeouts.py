@@ -24,6 +24,7 @@ from helpers import (
     GatewayFactory,
     RawServer,
     client,
+    metric,
     post,
     two_targets,
     wait_for,
@@ -350,7 +351,10 @@ def test_events_after_done_are_dropped_and_comments_pass(
     assert status == 200
     assert body.startswith(b": keep-alive\n\n")
     assert body.endswith(b"data: [DONE]\n\n") and b"late" not in body and b"junk" not in body
-    # The connection was drained to its end and went back to the pool.
+    # The client's stream ends at [DONE]; the provider's connection is drained to its
+    # end behind it and goes back to the pool, where the next request finds it.
+    assert wait_for(lambda: metric(gw, "hapax_upstream_connections",
+                                   provider="fake", state="idle") == 1)
     data, error = stream(gw)
     assert error is None
     assert fake_provider.requests[0].peer == fake_provider.requests[1].peer
