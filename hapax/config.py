@@ -64,6 +64,12 @@ __all__ = [
 PROVIDER_KINDS = ("openai", "anthropic", "mock")
 
 
+def _conv_shed_delay(value: Any, path: str, ctx: Ctx) -> Any:
+    if value is False or value == "off" or value == 0:
+        return 0.0  # YAML 1.1 reads a bare `off` as false
+    return conv_duration(value, path, ctx)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Limits:
     """Limits that protect the gateway from clients."""
@@ -84,6 +90,11 @@ class Limits:
                                   conv_duration, 60.0, shown_default="60s")
     max_concurrent: int = setting("Requests in flight per worker beyond which new ones get 503.",
                                   conv_int(1), 10000)
+    shed_delay: float = setting(
+        "Refuse new requests with 503 `overloaded` while the worker's event loop runs this "
+        "late (it is out of CPU: requests queue for it), so the ones it accepts keep their "
+        "latency; `off` (or 0) never sheds on it.", _conv_shed_delay, 0.05,
+        shown_default="50ms")
     max_pipeline: int = setting("Pipelined requests queued on one connection before the "
                                 "gateway stops reading from it.", conv_int(1), 32)
 

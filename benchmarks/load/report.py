@@ -164,7 +164,9 @@ def table(res: dict[str, Any], args: argparse.Namespace) -> list[Row]:
         sent_rate = o["sent"] / (o["duration_s"] + 1.0)
         statuses = ", ".join(f"{k}: {v:,}" for k, v in o["statuses"].items())
         rows += [
-            ("overload: offered", f"{o['target_rate']:,.0f} req/s asked, "
+            ("overload: offered", f"{o['target_rate']:,.0f} req/s asked of a gateway with "
+             f"max_concurrent {o.get('max_concurrent', '?')} and shed_delay "
+             f"{o.get('shed_delay', 'default')}, "
              f"{sent_rate:,.0f} sent (generator late by ≤ {o['send_lag_p99_ms']:.1f} ms "
              f"p99), gateway core at {o['cpu_util'] * 100:.0f}%, "
              f"{o['cpu_us_per_answer']:.0f} µs CPU per answer (2xx or shed)"),

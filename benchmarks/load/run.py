@@ -19,7 +19,8 @@ What it does (all traffic to 127.0.0.1; every process it starts is stopped by PI
    ``stream``   streaming max RPS through the gateway;
    ``rss``      VmRSS of the gateway up to ``--rss-requests`` requests;
    ``workers``  ``--workers 2`` max RPS against the one-worker figure;
-   ``overload`` open loop above saturation against a gateway with a small max_concurrent;
+   ``overload`` open loop above saturation against a gateway with a small max_concurrent
+               and ``--overload-shed-delay``;
 4. prints one table (and the issue's targets, met or not), with ``--markdown FILE`` as
    Markdown with the date, the machine and the command; ``--json FILE`` keeps the raw
    figures (every RSS sample too), and ``--from-json FILE`` prints their table again.
@@ -322,7 +323,8 @@ class Run:
         top = self.res.get("max_via", {}).get("rps") or a.overload_rate
         rate = a.overload_rate or top * a.overload_factor
         self.say(f"overload: open loop at {rate:,.0f} req/s for {a.overload_duration:g}s, "
-                 f"max_concurrent {a.overload_max_concurrent} …")
+                 f"max_concurrent {a.overload_max_concurrent}, shed_delay "
+                 f"{a.overload_shed_delay} …")
         # Control: the same open loop straight at the stub.  The generator shares its core
         # with the stub; if it cannot keep this rate itself, the latencies below say so.
         ctl = self.load.openloop(self.stub_port, ["--rate", f"{rate:g}", "--max-connections",
@@ -331,7 +333,8 @@ class Run:
         self.res["overload_direct"] = ctl
         gw3, port = start_gateway(self.procs, self.tmp, self.gw_core, self.stub_port,
                                   name="gateway-overload",
-                                  max_concurrent=a.overload_max_concurrent)
+                                  max_concurrent=a.overload_max_concurrent,
+                                  shed_delay=a.overload_shed_delay)
         try:
             check(port, BODY, stream=False)
             self.load.closed(port, 2)
@@ -345,6 +348,8 @@ class Run:
             # Every request sent got an answer (2xx or shed) or counts as an error.
             r["cpu_us_per_answer"] = cpu / max(1, r["sent"] - r["errors"]) * 1e6
             r["target_rate"] = rate
+            r["max_concurrent"] = a.overload_max_concurrent
+            r["shed_delay"] = a.overload_shed_delay
             self.res["overload"] = r
             if gw3.poll() is not None:
                 raise SystemExit("the overloaded gateway died")
@@ -406,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overload-duration", type=float, default=6, help="overload window (s)")
     p.add_argument("--overload-max-concurrent", type=int, default=32,
                    help="server.limits.max_concurrent of the overloaded gateway")
+    p.add_argument("--overload-shed-delay", default="5ms",
+                   help="server.limits.shed_delay of the overloaded gateway: new requests "
+                        "are refused while its loop runs this late (its default is 50ms)")
     p.add_argument("--no-nginx", action="store_true", help="use the Python stub")
     p.add_argument("--no-nginx-proxy", action="store_true",
                    help="leave out the nginx reverse-proxy baseline")

@@ -275,7 +275,7 @@ server:
   port: 0
   workers: 1
   access_log: {{format: "off"}}
-  limits: {{max_concurrent: {max_concurrent}}}
+  limits: {{max_concurrent: {max_concurrent}{shed_delay}}}
 providers:
   stub:
     kind: openai
@@ -308,11 +308,12 @@ def gateway_summary(max_concurrent: int) -> str:
 
 def start_gateway(procs: Procs, tmp: Path, core: int | None, stub_port: int, *,
                   name: str = "gateway", workers: int = 1, max_concurrent: int = 10000,
-                  slow_port: int | None = None,
+                  slow_port: int | None = None, shed_delay: str | None = None,
                   source: Path | None = None) -> tuple[subprocess.Popen[Any], int]:
     """Start ``hapax serve`` on a generated config; return the process and its port.
 
     ``slow_port``: also route :data:`SLOW_ALIAS` to a stub there (the no-buffering check).
+    ``shed_delay``: ``server.limits.shed_delay`` (None: the gateway's default).
     ``source``: run the ``hapax`` package of that checkout (its core built in place)
     instead of the installed one (benchmarks/load/compare.py).
     """
@@ -324,6 +325,7 @@ def start_gateway(procs: Procs, tmp: Path, core: int | None, stub_port: int, *,
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(GATEWAY_YAML.format(
         host=HOST, stub_port=stub_port, alias=ALIAS, max_concurrent=max_concurrent,
+        shed_delay="" if shed_delay is None else f", shed_delay: {shed_delay}",
         slow_provider=slow_provider, slow_model=slow_model, rpm=RPM, tpm=TPM,
         digest=hashlib.sha256(KEY.encode()).hexdigest()))
     log_path = tmp / f"{name}.log"

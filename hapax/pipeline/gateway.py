@@ -43,6 +43,7 @@ from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.executor import Executor
 from hapax.pipeline.health import Health, TargetHealth
 from hapax.pipeline.hooks import Hooks, configure_plugins, load_plugins
+from hapax.pipeline.loopdelay import LoopDelay
 from hapax.providers.base import Provider
 from hapax.translate import anthropic as translate
 from hapax.types import Attempt, Response, StreamResponse, Target
@@ -53,6 +54,11 @@ log = logging.getLogger("hapax")
 
 _JSON = b"application/json"
 _CHAT = "chat/completions"
+#: Routes answered even when overloaded: the gateway's own cheap endpoints.
+_NEVER_SHED = frozenset({"healthz", "readyz", "metrics", "admin_health"})
+#: The answer of an overloaded gateway (shared: errors are not mutated).
+_OVERLOADED = Overloaded("the gateway is at its capacity; retry shortly",
+                         headers=[(b"retry-after", b"1")])
 _EMBEDDINGS = "embeddings"
 
 
@@ -117,6 +123,8 @@ class Gateway:
         self.queues = build_queues(config, self.node, self.metrics)
         self.max_concurrent = config.server.limits.max_concurrent
         self.in_flight = 0
+        #: The loop's lateness: past ``server.limits.shed_delay`` new requests get 503.
+        self.delay = LoopDelay(config.server.limits.shed_delay, lambda: self.in_flight)
         self.ready = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -145,6 +153,11 @@ class Gateway:
         self._routes = routes
         self.metrics.add(Gauge("hapax_requests_in_flight", "Requests being handled now.", (),
                                lambda: {(): float(self.in_flight)}))
+        self.metrics.add(Gauge("hapax_loop_delay_seconds", "How late the worker's event "
+                               "loop ran its probe timer, last sample (taken while requests "
+                               "come in); above server.limits.shed_delay new requests get "
+                               "503.", (), lambda: {(): self.delay.delay},
+                               merge="none"))
         self.metrics.add(Gauge("hapax_upstream_connections", "Upstream connections by "
                                "provider and state (open|idle).", ("provider", "state"),
                                self._pool_stats))
@@ -205,6 +218,7 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.dedup.close()
+        self.delay.stop()
         await self.health.stop()
         self.deadlines.close()
         for provider in self.providers.values():
@@ -218,10 +232,13 @@ class Gateway:
     async def handle(self, ex: Exchange) -> Response | StreamResponse:
         """Answer one exchange.  Never raises (but for cancellation)."""
         self.in_flight += 1
+        if self.in_flight > self.max_concurrent or self.delay.late:
+            refusal = self.refuse(ex)
+            if refusal is not None:
+                return refusal
+        if not self.delay.seen:
+            self.delay.mark(self.loop or asyncio.get_running_loop())
         try:
-            if self.in_flight > self.max_concurrent:
-                raise Overloaded("the gateway is at its concurrency limit; retry shortly",
-                                 headers=[(b"retry-after", b"1")])
             entry = self._routes.get(ex.path)
             if entry is None:
                 ex.route = "other"
@@ -247,6 +264,33 @@ class Gateway:
             ex.error = f"{type(exc).__name__}: {exc}"
             resp = error_response(ex, RequestError("internal gateway error",
                                                    code="internal_error"))
+        ex.status = resp.status
+        return resp
+
+    def overloaded(self) -> bool:
+        """New requests are being refused: ``max_concurrent`` requests are in flight, or
+        the loop runs later than ``shed_delay`` (hapax.pipeline.loopdelay)."""
+        return self.in_flight >= self.max_concurrent or self.delay.late
+
+    def refuse(self, ex: Exchange) -> Response | None:
+        """The 503 ``overloaded`` answer to ``ex`` while :meth:`overloaded`, in the error
+        format of its front door; no hook runs before it (the caller counts it in
+        :attr:`in_flight` and finishes it with :meth:`finish`, as any other).  None for
+        the gateway's own endpoints (health, readiness, metrics), which are cheap and
+        are what operators look at during an overload.  The listener calls it directly
+        for a request that arrives while overloaded (no task, no coroutine)."""
+        entry = self._routes.get(ex.path)
+        if entry is None:
+            ex.route = "other"
+        else:
+            if entry[2] in _NEVER_SHED:
+                return None
+            ex.route, ex.api = entry[2], entry[3]
+            if ex.api == "anthropic":
+                ex.response_headers.append((b"request-id", ex.request_id.encode("latin-1")))
+        exc = _OVERLOADED
+        ex.error = exc.message
+        resp = error_response(ex, exc)
         ex.status = resp.status
         return resp
 

@@ -289,6 +289,14 @@ class HTTP11Protocol(asyncio.Protocol):
                       protocol="http/1.1" if version == "1.1" else f"http/{version}")
         ex.keep_alive = self._keep_alive and not self.s.draining
         self._body = []
+        gateway = self.s.gateway
+        if (gateway.in_flight >= gateway.max_concurrent or gateway.delay.late) \
+                and not self._busy() and self._refused(ex, gateway):
+            # Overloaded: answered 503 now, in this read — no task, no hook — so that a
+            # refusal costs as little as it can and the accepted requests keep the CPU
+            # (hapax.pipeline.loopdelay).  Pipelined behind others, it waits its turn
+            # and Gateway.handle refuses it the same way.
+            return
         self.phase = _BUSY
         # The timer stays armed while busy (it does nothing then): the keep-alive wait
         # that follows re-uses it, saving a timer handle per request (docs/performance.md).
@@ -297,6 +305,23 @@ class HTTP11Protocol(asyncio.Protocol):
         if len(self.queue) >= self.limits.max_pipeline and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
+
+    def _refused(self, ex: Exchange, gateway: Gateway) -> bool:
+        """Answer ``ex`` 503 if the gateway refuses it (see Gateway.refuse)."""
+        resp = gateway.refuse(ex)
+        if resp is None:
+            return False
+        gateway.in_flight += 1  # as handle() would: finish() takes it back
+        try:
+            self._write(ex, resp)
+        finally:
+            gateway.finish(ex)
+        if not ex.keep_alive or self.s.draining:
+            self._close()
+        else:
+            self.phase = _IDLE
+            self._arm(self.limits.keepalive)
+        return True
 
     def _fail(self, status: int, message: str, code: str) -> None:
         """The byte stream is unusable: answer (in turn) and close."""
