@@ -454,6 +454,29 @@ def test_slow_but_steady_body_is_not_timed_out(gw: GatewayThread) -> None:
 # -- gateway answers ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rid, sent", [
+    ("req-from-plugin", "req-from-plugin"),
+    ("bad\r\nx-injected: 1", "bad??x-injected: 1"),  # no header injection
+    ("snow\u2603man", "snow?man"),  # past latin-1: could not be written at all
+    ("x" * 300, "x" * 200),
+    ("\n", "?"),
+])
+def test_request_id_set_by_a_plugin_is_made_header_safe(
+        hapax_gateway: Callable[..., GatewayThread], rid: str, sent: str) -> None:
+    class SetId:
+        def hapax_request_received(self, exchange: Any) -> None:
+            exchange.request_id = rid
+
+    gw = hapax_gateway(config(), plugins=[("set_id", SetId())])
+    with RawConn(gw.port) as c:
+        for _ in range(2):  # and the connection goes on
+            c.send(chat("hi"))
+            resp = check(c.read_response(), 200)
+            assert resp.header("x-request-id") == sent
+            assert resp.header("x-injected") is None
+    still_serving(gw)
+
+
 def test_concurrency_limit_gets_503(hapax_gateway: Callable[..., GatewayThread]) -> None:
     gw = hapax_gateway(config(latency="500ms"))
     conns = [RawConn(gw.port) for _ in range(4)]

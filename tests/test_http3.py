@@ -118,6 +118,24 @@ def test_streaming_chat_over_http3_is_relayed_event_by_event(
     assert reply.chunks[-1][0] - reply.chunks[0][0] >= 0.3
 
 
+def test_request_id_set_by_a_plugin_is_made_header_safe_over_http3(
+        hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
+    class SetId:
+        def hapax_request_received(self, exchange: Any) -> None:
+            exchange.request_id = "snow\u2603man\r\nx-injected: 1"
+
+    gw = hapax_gateway(tls_config(fake_provider, certs), plugins=[("set_id", SetId())])
+
+    async def go() -> H3Reply:
+        async with h3_client(gw, certs) as client:
+            return await client.request("POST", CHAT, chat_body())
+
+    reply = run(go())
+    assert reply.status == 200
+    assert reply.headers["x-request-id"] == "snow?man??x-injected: 1"
+    assert "x-injected" not in reply.headers
+
+
 def test_errors_over_http3_use_the_openai_envelope(
         hapax_gateway: GatewayFactory, fake_provider: FakeProvider, certs: DevCerts) -> None:
     cfg = tls_config(fake_provider, certs)

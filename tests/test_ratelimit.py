@@ -214,6 +214,22 @@ def test_tpm_request_larger_than_the_limit(fake_provider: FakeProvider,
     assert fake_provider.requests == []
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "n"])
+def test_absurd_token_budget_is_too_large_not_an_error(
+        fake_provider: FakeProvider, hapax_gateway: Callable[..., GatewayThread],
+        field: str) -> None:
+    """A budget past signed 64-bit integers (2**64 - 1: JSON parsers still read it as an
+    integer) is refused as too large (429), like any request over the limit — not a
+    500."""
+    gw = hapax_gateway(keyed(fake_provider, {"gpt-test": {"limits": {"tpm": 500}}}))
+    huge = 2**64 - 1
+    extra = {"max_tokens": 10, "n": huge} if field == "n" else {field: huge}
+    with client(gw) as c, pytest.raises(openai.RateLimitError) as info:
+        chat(c, **extra)
+    assert "Request too large for model 'gpt-test'" in info.value.message
+    assert fake_provider.requests == []
+
+
 def test_failed_upstream_call_refunds_tokens(fake_provider: FakeProvider,
                                              hapax_gateway: Callable[..., GatewayThread]) -> None:
     gw = hapax_gateway(keyed(fake_provider, alice={"tpm": 600}))  # 10 tokens a second

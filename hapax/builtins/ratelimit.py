@@ -47,6 +47,9 @@ _UPPER = {"requests": "RPM", "tokens": "TPM"}
 _Entry = tuple[tuple[Limit, ...], GCRAGroup | None, bool]
 
 
+_MAX_ESTIMATE = 1 << 62
+
+
 def estimate_tokens(body: dict[str, Any], chars_per_token: int, completion_default: int) -> int:
     """A cheap upper-ish guess of the tokens a request will use: prompt text length over
     ``chars_per_token``, plus the completion budget it asks for (times ``n``)."""
@@ -82,7 +85,9 @@ def estimate_tokens(body: dict[str, Any], chars_per_token: int, completion_defau
                 chars += chars_per_token
             elif type(item) is list:
                 chars += len(item) * chars_per_token
-    return -(-chars // chars_per_token) + completion
+    # Bounded: a client may ask for any max_tokens (2**64 - 1 included); the limiters
+    # count in signed 64-bit integers, and no limit is that high anyway.
+    return min(-(-chars // chars_per_token) + completion, _MAX_ESTIMATE)
 
 
 def duration(ns: int) -> str:

@@ -23,6 +23,17 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):010x}"
 
 
+def header_safe_id(rid: str) -> str:
+    """``rid`` if it can go in a response header as it is — at most 200 printable
+    latin-1 characters (a client's id is echoed only if so) — else a cleaned copy: a
+    plugin may set any string as ``exchange.request_id``, and one with a line break
+    would split the response head, one past latin-1 could not be written at all."""
+    if len(rid) <= 200 and rid.isprintable() and (rid.isascii() or max(rid) <= "\xff"):
+        return rid
+    return "".join(c if c.isprintable() and c <= "\xff" else "?" for c in rid[:200]) \
+        or new_request_id()
+
+
 def _reseed_ids() -> None:  # called in each forked worker
     global _ID_PREFIX, _ids
     _ID_PREFIX = "req_" + os.urandom(4).hex()

@@ -32,7 +32,7 @@ from hapax._core.http1 import (
     response_head,
     status_line,
 )
-from hapax.pipeline.exchange import Exchange, new_request_id
+from hapax.pipeline.exchange import Exchange, header_safe_id, new_request_id
 from hapax.types import FinalBatch
 
 if TYPE_CHECKING:
@@ -456,7 +456,8 @@ class HTTP11Protocol(asyncio.Protocol):
         else:
             connection = b""
         target = ex.target
-        return response_head(status, headers, ex.response_headers, ex.request_id,
+        return response_head(status, headers, ex.response_headers,
+                             header_safe_id(ex.request_id),
                              target.provider if target is not None else None,
                              s.date_header(), s.alt_svc, framing, connection, body)
 

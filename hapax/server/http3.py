@@ -64,7 +64,7 @@ from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import Epoch, SessionTicket
 
 from hapax.errors import RequestError
-from hapax.pipeline.exchange import Exchange, new_request_id
+from hapax.pipeline.exchange import Exchange, header_safe_id, new_request_id
 from hapax.pipeline.gateway import error_response
 from hapax.server.h3_metrics import h3_counters
 from hapax.server.tls import H3_ALPN, quic_configuration
@@ -581,7 +581,7 @@ class H3Protocol(QuicConnectionProtocol):
         for name, value in ex.response_headers:
             out.append((name.lower(), value))
         target = ex.target
-        out += [(b"x-request-id", ex.request_id.encode("latin-1")),
+        out += [(b"x-request-id", header_safe_id(ex.request_id).encode("latin-1")),
                 (b"x-hapax-provider", target.provider.encode() if target is not None
                  else b"hapax"),
                 (b"date", self.listener.date()), (b"server", b"hapax")]
