@@ -93,8 +93,8 @@ class Limits:
     shed_delay: float = setting(
         "Refuse new requests with 503 `overloaded` while the worker's event loop runs this "
         "late (it is out of CPU: requests queue for it), so the ones it accepts keep their "
-        "latency; `off` (or 0) never sheds on it.", _conv_shed_delay, 0.05,
-        shown_default="50ms")
+        "latency; `off` (or 0) never sheds on it.", _conv_shed_delay, 0.5,
+        shown_default="500ms")
     max_pipeline: int = setting("Pipelined requests queued on one connection before the "
                                 "gateway stops reading from it.", conv_int(1), 32)
 

@@ -262,7 +262,7 @@ def test_shed_delay_setting(value: Any, expected: float) -> None:
 
     assert from_dict({"server": {"limits": {"shed_delay": value}}}
                      ).server.limits.shed_delay == expected
-    assert from_dict({}).server.limits.shed_delay == 0.05
+    assert from_dict({}).server.limits.shed_delay == 0.5
 
 
 def test_shed_delay_error_names_the_key() -> None:

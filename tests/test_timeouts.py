@@ -360,6 +360,33 @@ def test_events_after_done_are_dropped_and_comments_pass(
     assert fake_provider.requests[0].peer == fake_provider.requests[1].peer
 
 
+def test_client_leaving_after_done_lets_the_drain_finish(
+        fake_provider: FakeProvider, hapax_gateway: GatewayFactory) -> None:
+    """The client has its whole stream at [DONE] and closes its connection while the
+    provider still sends (late events, 0.2 s apart): the gateway reads the provider's
+    response to its end all the same, its connection goes back to the pool, and the
+    request counts as answered (200), not abandoned (499)."""
+    finished: list[Any] = []
+
+    class After:
+        def hapax_after_response(self, exchange: Any) -> None:
+            if exchange.route == "chat":  # (not the /metrics scrapes)
+                finished.append(exchange)
+
+    fake_provider.queue(Reply(events=[chunk("Hi"), chunk(finish_reason="stop"), DONE,
+                                      chunk("late"), chunk("later")], chunk_delay=0.2))
+    gw = hapax_gateway(one_target(fake_provider.base_url), plugins=[("after", After())])
+    status, _, body = post(gw, {"model": "m", "messages": HELLO, "stream": True})
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")  # ... and closed
+    assert wait_for(lambda: metric(gw, "hapax_upstream_connections",
+                                   provider="fake", state="idle") == 1)
+    assert wait_for(lambda: len(finished) == 1)
+    assert finished[0].status == 200 and not finished[0].disconnected
+    data, error = stream(gw)
+    assert error is None
+    assert fake_provider.requests[0].peer == fake_provider.requests[1].peer
+
+
 def test_provider_holding_the_stream_open_after_done(fake_provider: FakeProvider,
                                                      hapax_gateway: GatewayFactory) -> None:
     """[DONE] arrives, then the provider neither ends the response nor says more: the

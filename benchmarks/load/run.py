@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="server.limits.max_concurrent of the overloaded gateway")
     p.add_argument("--overload-shed-delay", default="5ms",
                    help="server.limits.shed_delay of the overloaded gateway: new requests "
-                        "are refused while its loop runs this late (its default is 50ms)")
+                        "are refused while its loop runs this late (its default is 500ms)")
     p.add_argument("--no-nginx", action="store_true", help="use the Python stub")
     p.add_argument("--no-nginx-proxy", action="store_true",
                    help="leave out the nginx reverse-proxy baseline")

@@ -36,9 +36,10 @@ class LoopDelay:
 
     def __init__(self, threshold: float, in_flight: Callable[[], int]) -> None:
         self.threshold = threshold
-        #: A fifth of the threshold (1 to 20 ms): a stall just above it sheds for at
-        #: most that long after it, and sustained overload is seen within it.
-        self.interval = min(max(threshold / 5, 0.001), 0.02)
+        #: Half the threshold (1 to 25 ms): a stall just above it sheds for at most
+        #: that long after it, sustained overload is seen within it, and a worker with
+        #: requests in flight (long streams) wakes for it at most 40 times a second.
+        self.interval = min(max(threshold / 2, 0.001), 0.025)
         #: The last sample: seconds the probe's timer ran late.
         self.delay = 0.0
         #: The last sample was above the threshold: shed new requests.

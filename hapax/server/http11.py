@@ -113,7 +113,7 @@ class HTTP11Protocol(asyncio.Protocol):
         "s", "loop", "limits", "transport", "parser", "queue", "task", "phase",
         "timer", "deadline", "last_read", "read_paused", "write_paused", "drain_waiter",
         "closed", "client", "waiter", "head", "on_url", "on_header", "_head_size", "_body",
-        "_body_size", "_keep_alive", "_failed", "_expect", "_completed_in_read",
+        "_body_size", "_keep_alive", "_failed", "_expect", "_completed_in_read", "_answered",
     )
 
     def __init__(self, state: ListenerState) -> None:
@@ -142,6 +142,11 @@ class HTTP11Protocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self._failed = False
         self._completed_in_read = False
+        # The response in progress is complete on the wire (a stream's terminator is
+        # out) and only the upstream's end is being read: a client that leaves now does
+        # not cancel that (the connection then goes back to the pool, and the request
+        # counts as answered, not 499).
+        self._answered = False
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -163,18 +168,27 @@ class HTTP11Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.s.connections.discard(self)
+        task = self.task
+        if task is not None and not task.done() and self._answered:
+            # The client has its whole answer; the upstream's end is still being read.
+            # Counted until then, so that a shutdown waits for it.
+            task.add_done_callback(self._forget)
+        else:
+            self.s.connections.discard(self)
         self._disarm()
         # The parser holds this protocol's callbacks, so the two form a reference cycle
         # that only the cyclic garbage collector would free — and with the worker's
         # thresholds a full collection comes every ~2M requests: until then every closed
         # connection's objects and buffers would stay in memory.  Break it now.
         self.parser = None
-        if self.task is not None and not self.task.done():
-            self.task.cancel()  # the client left: stop its request (and the upstream call)
+        if task is not None and not task.done() and not self._answered:
+            task.cancel()  # the client left: stop its request (and the upstream call)
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self.s.connections.discard(self)
 
     def eof_received(self) -> bool:
         # End of input means the client is gone: HTTP clients do not half-close to wait
@@ -423,6 +437,7 @@ class HTTP11Protocol(asyncio.Protocol):
                 else:
                     ex = item
                 gateway = self.s.gateway  # per request: a reload swaps it (ListenerState)
+                self._answered = False
                 try:
                     resp = await gateway.handle(ex)
                     if resp.streaming:
@@ -435,6 +450,7 @@ class HTTP11Protocol(asyncio.Protocol):
                         ex.status = 499
                     return
                 finally:
+                    self._answered = False
                     gateway.finish(ex)
                     del gateway  # an idle connection must not keep a reloaded-away gateway
                 if not ex.keep_alive or self.s.draining:
@@ -488,7 +504,7 @@ class HTTP11Protocol(asyncio.Protocol):
                     # The last events: the terminator goes in the same write.
                     out = (out or (self._head(ex, resp.status, resp.headers, framing)
                                    if first else b"")) + b"0\r\n\r\n"
-                    ended = True
+                    ended = self._answered = True
                 elif not out:
                     continue  # no bytes (an empty chunk would end the body)
                 first = False

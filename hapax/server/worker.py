@@ -250,6 +250,8 @@ class Server:
                             "in flight", timeout, len(state.connections))
                 for conn in list(state.connections):
                     conn.transport.abort()
+                    if conn.task is not None:
+                        conn.task.cancel()  # (one whose client left after its answer)
                 await asyncio.sleep(0)
             if h3 is not None:
                 if h3.busy:
