@@ -617,6 +617,26 @@ def test_untranslatable_request_is_a_400_in_the_front_doors_format(
     assert fake_anthropic.requests == []
 
 
+def test_unknown_url_of_an_anthropic_client_is_a_404_in_its_format(
+        native: GatewayThread) -> None:
+    with pytest.raises(anthropic.NotFoundError) as missing:  # no such endpoint here
+        claude(native).messages.count_tokens(model="claude", messages=HELLO)
+    assert missing.value.body == {"type": "error", "error": {
+        "type": "not_found_error",
+        "message": "Unknown request URL: POST /v1/messages/count_tokens"}}
+    # By its header too; an OpenAI client's unknown URL keeps OpenAI's envelope.
+    status, _, body = post(native, "/v1/nothing")
+    assert status == 404 and json.loads(body)["error"]["code"] == "unknown_url"
+    conn = http.client.HTTPConnection("127.0.0.1", native.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/nothing", b"{}", {"anthropic-version": "2023-06-01"})
+        resp = conn.getresponse()
+        assert resp.status == 404
+        assert json.loads(resp.read())["error"]["type"] == "not_found_error"
+    finally:
+        conn.close()
+
+
 # -- config, keys and logs ------------------------------------------------------------------
 
 

@@ -62,6 +62,16 @@ _OVERLOADED = Overloaded("the gateway is at its capacity; retry shortly",
 _EMBEDDINGS = "embeddings"
 
 
+def _unknown_route(ex: Exchange) -> None:
+    """A path the gateway does not serve: route ``other``, and the error in Anthropic's
+    format for what is evidently an Anthropic client (a path under ``/v1/messages/``,
+    such as ``count_tokens``, or the ``anthropic-version`` header its SDKs send)."""
+    ex.route = "other"
+    if ex.path.startswith(("/v1/messages/", "/messages/")) or \
+            "anthropic-version" in ex.headers:
+        ex.api = "anthropic"
+
+
 def _anthropic_type(exc: RequestError) -> str | None:
     # OpenAI files 404s, 413s… under invalid_request_error; Anthropic has a type per status.
     return None if exc.type == "invalid_request_error" else exc.type
@@ -241,7 +251,7 @@ class Gateway:
         try:
             entry = self._routes.get(ex.path)
             if entry is None:
-                ex.route = "other"
+                _unknown_route(ex)
                 raise NotFound(f"Unknown request URL: {ex.method} {ex.path}",
                                code="unknown_url")
             methods, handler, ex.route, ex.api = entry
@@ -281,7 +291,7 @@ class Gateway:
         for a request that arrives while overloaded (no task, no coroutine)."""
         entry = self._routes.get(ex.path)
         if entry is None:
-            ex.route = "other"
+            _unknown_route(ex)
         else:
             if entry[2] in _NEVER_SHED:
                 return None
