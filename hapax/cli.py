@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     config = _load(args.config)
     _validate(config)
+    _raise_open_files_limit()
     workers = args.workers or config.server.workers
     pid_file = Path(args.pid_file) if args.pid_file else None
     if pid_file is not None:
@@ -55,6 +56,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if pid_file is not None and _read_pid(pid_file) == os.getpid():
             pid_file.unlink(missing_ok=True)
+
+
+#: Below this many open files, ``hapax serve`` warns: each client connection is a file
+#: descriptor, and a proxied request holds a second one to its provider.
+LOW_OPEN_FILES = 4096
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard limit (at most 2**20), as nginx's
+    ``worker_rlimit_nofile`` or Go's runtime do: the soft default of many systems, 1024,
+    would cap a worker at a few hundred concurrent clients, refusing the rest with
+    EMFILE.  Workers inherit it.  Warns if what is allowed stays low."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # pragma: no cover - refused by the system
+            logging.getLogger("hapax").debug("could not raise the open-files limit: %s", exc)
+    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILES:
+        logging.getLogger("hapax").warning(
+            "the open-files limit is %d (hard limit %s): each client connection takes one "
+            "and each proxied request another, so a worker can serve about %d clients at "
+            "once; raise it (ulimit -n, or LimitNOFILE= in a systemd unit)", soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard, soft // 2)
 
 
 def _read_pid(path: Path) -> int | None:

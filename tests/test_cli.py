@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +206,58 @@ def test_serve_reports_a_port_in_use() -> None:
         assert done.returncode == 1
         assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
         assert first.stop() == 0
+
+
+def limited(soft: int, hard: int) -> HapaxProcess:
+    """``hapax serve`` (built-in default) started with this open-files limit."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    ours = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if ours != resource.RLIM_INFINITY and ours < hard:
+        pytest.skip(f"the hard open-files limit here is {ours}")
+    hp = HapaxProcess(None)
+    hp.argv = [prlimit, f"--nofile={soft}:{hard}", *hp.argv]  # prlimit execs: same pid
+    return hp.start()
+
+
+def max_open_files(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line")
+
+
+def test_serve_lifts_a_low_open_files_limit_and_serves_more_clients_than_it() -> None:
+    """Started with the soft limit at 256 (hard 4096), the gateway raises it to 4096 and
+    serves 300 clients at once (each holding a connection), with no warning."""
+    with limited(256, 4096) as hp:
+        hp.wait_ready()
+        assert max_open_files(hp.pid) == (4096, 4096)
+        socks = []
+        try:
+            for _ in range(300):
+                s = socket.create_connection((hp.host, hp.port), timeout=10)
+                socks.append(s)
+            body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+            for s in socks:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                          b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                          % (len(body), body))
+            for s in socks:
+                head = s.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200 "), head[:100]
+        finally:
+            for s in socks:
+                s.close()
+        assert hp.stop() == 0
+    assert "open-files limit" not in hp.stderr
+
+
+def test_serve_warns_when_the_open_files_limit_stays_low() -> None:
+    with limited(256, 512) as hp:
+        assert max_open_files(hp.pid) == (512, 512)
+        assert hp.stop() == 0
+    assert "the open-files limit is 512 (hard limit 512)" in hp.stderr
+    assert "about 256 clients at once" in hp.stderr
