@@ -7,7 +7,8 @@
   Exchange and awaiting a coroutine that returns a canned Response).
 * ``http11`` group — the same request as bytes through :class:`HTTP11Protocol` with a
   fake transport: parse → handle → write.  Baseline: ``handle`` alone, so the ratio is
-  what the HTTP/1.1 listener adds.
+  what the HTTP/1.1 listener adds.  And the same request refused by a gateway at its
+  capacity (503 in the listener's read): what shedding one costs.
 
 Each round drives ``BATCH`` requests inside one ``loop.run_until_complete``; the summary
 at the end of the run gives µs per request.
@@ -200,6 +201,15 @@ class FakeTransport:
         pass
 
 
+def connected(loop: asyncio.AbstractEventLoop, gw: Gateway
+              ) -> tuple[HTTP11Protocol, FakeTransport, bytes]:
+    """A listener connection to ``gw`` on a fake transport, and the request's bytes."""
+    proto = HTTP11Protocol(ListenerState(gw, loop))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    return proto, transport, raw_request(chat_body("bench-stub"))
+
+
 def raw_request(body: bytes) -> bytes:
     head = "".join(f"{k.title()}: {v}\r\n" for k, v in headers_for(body).items())
     return f"POST /v1/chat/completions HTTP/1.1\r\n{head}\r\n".encode() + body
@@ -218,11 +228,7 @@ def test_handle_only(loop: asyncio.AbstractEventLoop, measure: Any) -> None:
 @pytest.mark.benchmark(group="http11")
 def test_http11_parse_handle_write(loop: asyncio.AbstractEventLoop, measure: Any) -> None:
     gw = make_gateway(loop)
-    state = ListenerState(gw, loop)
-    proto = HTTP11Protocol(state)
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    raw = raw_request(chat_body("bench-stub"))
+    proto, transport, raw = connected(loop, gw)
 
     async def batch() -> None:
         for _ in range(BATCH):
@@ -240,6 +246,31 @@ def test_http11_parse_handle_write(loop: asyncio.AbstractEventLoop, measure: Any
     assert transport.last.startswith(b"HTTP/1.1 200 OK\r\n") and transport.last.endswith(
         COMPLETION), transport.last[:200]
     assert not transport.closed
+    measure(run, ops=BATCH)
+    proto.connection_lost(None)
+    loop.run_until_complete(gw.close())
+
+
+@pytest.mark.benchmark(group="http11")
+def test_http11_refused_while_overloaded(loop: asyncio.AbstractEventLoop, measure: Any) -> None:
+    """The same request to a gateway that is at its capacity: answered 503 in the read
+    that completed it (no task, no hook before it) — what a shed request costs the
+    worker beyond the system calls, against the served request above."""
+    gw = make_gateway(loop)
+    gw.max_concurrent = 0  # at its limit for every request (the in-flight count is 0)
+    proto, transport, raw = connected(loop, gw)
+
+    async def batch() -> None:
+        for _ in range(BATCH):
+            proto.data_received(raw)  # answered before it returns
+        await sleep0(0)  # the after-response work of the batch (scheduled with call_soon)
+
+    def run() -> None:
+        loop.run_until_complete(batch())
+
+    run()
+    assert transport.last.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), transport.last
+    assert b'"code":"overloaded"' in transport.last and not transport.closed
     measure(run, ops=BATCH)
     proto.connection_lost(None)
     loop.run_until_complete(gw.close())
