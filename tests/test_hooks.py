@@ -88,6 +88,9 @@ def test_a_plugin_exception_becomes_a_plugin_error_and_a_request_error_passes() 
                                           r"KeyError: 'boom'") as info:
         stage.run(object())
     assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(PluginError, match=r"plugin 'p0' failed in hapax_authenticate: "
+                                          r"KeyError: 'boom'"):
+        asyncio.run(stage(object()))  # awaited: the same error
     refusal = BadRequest("no")
     with pytest.raises(BadRequest) as caught:
         stage_of("hapax_authenticate", Failing(refusal)).run(object())
@@ -104,6 +107,30 @@ def test_one_async_implementation_makes_the_stage_async() -> None:
     stage = stage_of("hapax_authenticate", Async(), Answer(None, calls, "a"))
     assert not stage.sync and not stage.all_sync
     assert asyncio.run(stage(object())) == "async"
+
+
+class Notice:
+    def __init__(self, seen: list[str], name: str) -> None:
+        self.seen, self.name = seen, name
+
+    def hapax_request_received(self, exchange: Any) -> None:
+        self.seen.append(self.name)
+
+
+class AsyncNotice(Notice):
+    async def hapax_request_received(self, exchange: Any) -> None:  # type: ignore[override]
+        self.seen.append(self.name)
+
+
+def test_start_runs_a_sync_stage_now_and_hands_back_an_async_one() -> None:
+    seen: list[str] = []
+    assert stage_of("hapax_request_received", Notice(seen, "a")).start(object()) is None
+    assert seen == ["a"]  # ran, no coroutine
+    pending = stage_of("hapax_request_received", Notice(seen, "b"),
+                       AsyncNotice(seen, "c")).start(object())
+    assert pending is not None and seen == ["a"]  # nothing ran yet
+    asyncio.run(pending)
+    assert seen == ["a", "c", "b"]  # in the stage's order
 
 
 def gateway(access_log: str) -> Gateway:

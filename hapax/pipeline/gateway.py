@@ -316,11 +316,8 @@ class Gateway:
             ex.response_headers.append((b"request-id", ex.request_id.encode("latin-1")))
         hooks = self.hooks
         stage = hooks.request_received
-        if stage.impls:
-            if stage.sync:
-                stage.run(ex)
-            else:
-                await stage(ex)
+        if stage.impls and (pending := stage.start(ex)) is not None:
+            await pending
         stage = hooks.authenticate
         principal = stage.run(ex) if stage.sync else await stage(ex)
         if principal is None:
@@ -353,12 +350,8 @@ class Gateway:
         denial = stage.run(ex, principal) if stage.sync else await stage(ex, principal)
         if denial is not None:
             raise denial.to_error()
-        if self._transform:
-            stage = hooks.transform_request
-            if stage.sync:
-                stage.run(ex)
-            else:
-                await stage(ex)
+        if self._transform and (pending := hooks.transform_request.start(ex)) is not None:
+            await pending
             model = ex.json.get("model")
             if isinstance(model, str) and model:
                 ex.alias = model
@@ -461,11 +454,8 @@ class Gateway:
         ex.attempts.append(attempt)
         hooks = self.hooks
         stage = hooks.before_attempt
-        if stage.impls:
-            if stage.sync:
-                stage.run(ex, attempt)
-            else:
-                await stage(ex, attempt)
+        if stage.impls and (pending := stage.start(ex, attempt)) is not None:
+            await pending
         # The front door and the provider may speak different formats: translate.
         crossed = provider.api != ex.api
         body = (self._translated_body(ex, provider, target, endpoint) if crossed
@@ -510,18 +500,9 @@ class Gateway:
             resp = self._translated_response(ex, target, resp)
         if 200 <= resp.status < 300:
             ex.state["response"] = resp
-            stage = hooks.transform_response
-            if stage.impls:
-                if stage.sync:
-                    stage.run(ex, resp)
-                else:
-                    await stage(ex, resp)
-            stage = hooks.cache_store
-            if stage.impls:
-                if stage.sync:
-                    stage.run(ex, resp)
-                else:
-                    await stage(ex, resp)
+            for stage in (hooks.transform_response, hooks.cache_store):
+                if stage.impls and (pending := stage.start(ex, resp)) is not None:
+                    await pending
         return resp
 
     def _translated_body(self, ex: Exchange, provider: Provider, target: Target,

@@ -23,7 +23,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -129,8 +129,7 @@ class Stage:
             except RequestError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {plugin!r} failed in {self.name}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                raise self._failed(plugin, exc) from exc
             if result is not None:
                 if first:
                     return result
@@ -155,14 +154,26 @@ class Stage:
             except RequestError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {plugin!r} failed in {self.name}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                raise self._failed(plugin, exc) from exc
             if result is not None:
                 if first:
                     return result
                 if chain:
                     args = (*args[:-1], result)
         return args[-1] if chain else None
+
+    def start(self, *args: Any) -> Coroutine[Any, Any, Any] | None:
+        """For a stage whose results are not used (a notification: request received,
+        before an attempt, a response to transform or store): run it now if all its
+        implementations are sync (None), else return the coroutine to await."""
+        if self.sync:
+            self.run(*args)
+            return None
+        return self(*args)
+
+    def _failed(self, plugin: str, exc: Exception) -> PluginError:
+        return PluginError(f"plugin {plugin!r} failed in {self.name}: "
+                           f"{type(exc).__name__}: {exc}")
 
     def call_sync(self, *args: Any) -> list[Any]:
         """Call sync implementations now; return the coroutines of async ones."""
