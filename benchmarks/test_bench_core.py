@@ -17,29 +17,22 @@ Run: ``pytest benchmarks/test_bench_core.py --benchmark-only``.
 
 from __future__ import annotations
 
-import importlib
 import json
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-from hapax._core import NO_EXTENSIONS
-
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
+from twins import IMPLS, twin
 
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def sse(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._sse_{request.param}")
+    return twin("sse", request.param)
 
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def core_json(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._json_{request.param}")
+    return twin("json", request.param)
 
 
 # -- data -------------------------------------------------------------------------------

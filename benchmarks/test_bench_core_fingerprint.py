@@ -11,19 +11,13 @@ Run: ``pytest benchmarks/test_bench_core_fingerprint.py --benchmark-only``.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
+from twins import IMPLS, twin
 
-from hapax._core import NO_EXTENSIONS
-
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
 OPS = 1_000
 IGNORE = frozenset(("user", "metadata"))
 QUESTION = 'What does "idempotent" mean for an HTTP method? Give one example.'
@@ -49,7 +43,7 @@ assert 300 <= len(orjson.dumps(SMALL)) <= 600 and 3500 <= len(orjson.dumps(LARGE
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._fingerprint_{request.param}")
+    return twin("fingerprint", request.param)
 
 
 @pytest.mark.parametrize("body", [pytest.param(SMALL, id="small"),

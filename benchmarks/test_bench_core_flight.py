@@ -11,18 +11,12 @@ Run: ``pytest benchmarks/test_bench_core_flight.py --benchmark-only``.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import pytest
+from twins import IMPLS, twin
 
-from hapax._core import NO_EXTENSIONS
-
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
 EVENT = (b'data: {"id":"chatcmpl-AZ3kQ8vXyJ0bT1nP5rL2mW7cD9eF4","object":"chat.completion.chunk"'
          b',"created":1732590000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,'
          b'"delta":{"content":" fox"},"logprobs":null,"finish_reason":null}]}\n\n')
@@ -30,7 +24,7 @@ EVENT = (b'data: {"id":"chatcmpl-AZ3kQ8vXyJ0bT1nP5rL2mW7cD9eF4","object":"chat.c
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._flight_{request.param}")
+    return twin("flight", request.param)
 
 
 @pytest.mark.benchmark(group="core-flight-fanout: 100 events, 20 readers (µs per event)")

@@ -20,18 +20,12 @@ and the C/py ratio.  Run: ``pytest benchmarks/test_bench_core_gcra.py --benchmar
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import pytest
+from twins import IMPLS, twin
 
-from hapax._core import NO_EXTENSIONS
-
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
 OPS = 1_000
 MINUTE = 60_000_000_000
 T0 = 10**15
@@ -39,8 +33,8 @@ T0 = 10**15
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def impl(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
-    return (importlib.import_module(f"hapax._core._gcra_{request.param}"),
-            importlib.import_module(f"hapax._core._shm_{request.param}"))
+    return (twin("gcra", request.param),
+            twin("shm", request.param))
 
 
 def make(impl: tuple[ModuleType, ModuleType], limit: int) -> Any:

@@ -16,21 +16,16 @@ Run: ``pytest benchmarks/test_bench_core_histogram.py --benchmark-only``.
 
 from __future__ import annotations
 
-import importlib
 import random
 from bisect import bisect_left
 from types import ModuleType
 from typing import Any
 
 import pytest
+from twins import IMPLS, twin
 
-from hapax._core import NO_EXTENSIONS
 from hapax.metrics import LATENCY_BUCKETS, Histogram
 
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
 N = 10_000
 _rng = random.Random(3)
 VALUES = [20e-6 * (3e6 ** _rng.random()) for _ in range(N)]  # 20 µs .. 60 s
@@ -38,7 +33,7 @@ VALUES = [20e-6 * (3e6 ** _rng.random()) for _ in range(N)]  # 20 µs .. 60 s
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def core(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._histogram_{request.param}")
+    return twin("histogram", request.param)
 
 
 class BisectHistogram:

@@ -18,18 +18,12 @@ and the C/py ratio.  Run: ``pytest benchmarks/test_bench_core_http1.py --benchma
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import pytest
+from twins import IMPLS, twin
 
-from hapax._core import NO_EXTENSIONS
-
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
 OPS = 1_000
 URL = b"/v1/chat/completions"
 HEADERS = [
@@ -54,7 +48,7 @@ RID = "req_1a2b3c4d000000002a"
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._http1_{request.param}")
+    return twin("http1", request.param)
 
 
 def is_baseline(impl: ModuleType) -> bool:

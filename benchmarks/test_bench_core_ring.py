@@ -14,25 +14,18 @@ divide a round by its operation count.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-from hapax._core import NO_EXTENSIONS
-
-IMPLS = [
-    pytest.param("c", marks=pytest.mark.skipif(NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS")),
-    "py",
-]
+from twins import IMPLS, twin
 
 WAITERS = [(f"w{i}", f"key{i % 30}", i % 3) for i in range(300)]
 
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def ring(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._ring_{request.param}")
+    return twin("ring", request.param)
 
 
 @pytest.mark.benchmark(group="core-ring-cycle: 1000 x (push, pop)")
@@ -82,7 +75,7 @@ def test_fair_queue_discard(benchmark: Any, ring: ModuleType) -> None:
 
 @pytest.fixture(params=IMPLS, ids=["c", "py"])
 def shm(request: pytest.FixtureRequest) -> ModuleType:
-    return importlib.import_module(f"hapax._core._shm_{request.param}")
+    return twin("shm", request.param)
 
 
 @pytest.mark.benchmark(group="core-admission: 1000 x (acquire a free slot, release)")

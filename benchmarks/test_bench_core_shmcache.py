@@ -16,12 +16,12 @@ the ratio to the per-worker LRU (the baseline).  Run:
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections import OrderedDict
 from typing import Any
 
 import pytest
+from twins import twin
 
 from hapax._core import NO_EXTENSIONS
 
@@ -78,7 +78,7 @@ def store(request: pytest.FixtureRequest) -> Any:
         made: Any = WorkerLRU(ENTRIES * len(VALUE))
         made.name = "lru"
     else:
-        impl = importlib.import_module(f"hapax._core._shmcache_{request.param[4:]}")
+        impl = twin("shmcache", request.param[4:])
         made = impl.SharedLRU(ENTRIES * BLOCK, block_size=BLOCK)
     for key in KEYS:
         made.put(key, VALUE, FOREVER)
