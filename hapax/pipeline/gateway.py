@@ -277,13 +277,10 @@ class Gateway:
         ex.status = resp.status
         return resp
 
-    def overloaded(self) -> bool:
-        """New requests are being refused: ``max_concurrent`` requests are in flight, or
-        the loop runs later than ``shed_delay`` (hapax.pipeline.loopdelay)."""
-        return self.in_flight >= self.max_concurrent or self.delay.late
-
     def refuse(self, ex: Exchange) -> Response | None:
-        """The 503 ``overloaded`` answer to ``ex`` while :meth:`overloaded`, in the error
+        """The 503 ``overloaded`` answer to ``ex`` while the gateway is overloaded
+        (``max_concurrent`` requests in flight, or the loop running later than
+        ``shed_delay``: hapax.pipeline.loopdelay; callers test that inline), in the error
         format of its front door; no hook runs before it (the caller counts it in
         :attr:`in_flight` and finishes it with :meth:`finish`, as any other).  None for
         the gateway's own endpoints (health, readiness, metrics), which are cheap and
