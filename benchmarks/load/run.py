@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overload-duration", type=float, default=6, help="overload window (s)")
     p.add_argument("--overload-max-concurrent", type=int, default=32,
                    help="server.limits.max_concurrent of the overloaded gateway")
-    p.add_argument("--overload-shed-delay", default="5ms",
+    p.add_argument("--overload-shed-delay", default="2ms",
                    help="server.limits.shed_delay of the overloaded gateway: new requests "
                         "are refused while its loop runs this late (its default is 500ms)")
     p.add_argument("--no-nginx", action="store_true", help="use the Python stub")
