@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _validate(config)
     _raise_open_files_limit()
+    _report_core()
     workers = args.workers or config.server.workers
     pid_file = Path(args.pid_file) if args.pid_file else None
     if pid_file is not None:
@@ -86,6 +87,24 @@ def _raise_open_files_limit() -> None:
             "and each proxied request another, so a worker can serve about %d clients at "
             "once; raise it (ulimit -n, or LimitNOFILE= in a systemd unit)", soft,
             "unlimited" if hard == resource.RLIM_INFINITY else hard, soft // 2)
+
+
+def _report_core() -> None:
+    """Say when the pure-Python twins of the core serve instead of the compiled units:
+    a warning when nobody asked for it (they cost more CPU per request), a note when
+    ``HAPAX_NO_EXTENSIONS`` is set."""
+    from hapax._core import IMPLEMENTATION, MISSING
+
+    if IMPLEMENTATION == "c":
+        return
+    log = logging.getLogger("hapax")
+    if MISSING is None:
+        log.info("running the pure-Python core: HAPAX_NO_EXTENSIONS is set")
+        return
+    log.warning("the compiled core is not in use (%s): the gateway runs its pure-Python "
+                "twins, which cost more CPU per request; install with `pip install .`, which "
+                "compiles it (it needs a C compiler and the Python headers), or run `python "
+                "setup.py build_ext --inplace` in a source checkout", MISSING)
 
 
 def _read_pid(path: Path) -> int | None:

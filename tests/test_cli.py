@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from proc import ROOT, HapaxProcess
+from proc import ROOT, HapaxProcess, get
 
 import hapax
+import hapax._core
 from hapax.cli import main
 
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -261,3 +263,60 @@ def test_serve_warns_when_the_open_files_limit_stays_low() -> None:
         assert hp.stop() == 0
     assert "the open-files limit is 512 (hard limit 512)" in hp.stderr
     assert "about 256 clients at once" in hp.stderr
+
+
+# A sitecustomize that makes the compiled units of the core unimportable, as in a build
+# without a C compiler or a source checkout run without build_ext.
+NO_COMPILED_CORE = '''
+import importlib.abc, re, sys
+
+class _NoCompiledCore(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if re.fullmatch(r"hapax\\._core\\._\\w+_c", name):
+            raise ImportError(f"No module named {name!r} (hidden by the test)")
+        return None
+
+sys.meta_path.insert(0, _NoCompiledCore())
+'''
+
+
+def healthz(hp: HapaxProcess) -> dict[str, object]:
+    status, _, body = get(hp.url, "/healthz")
+    assert status == 200
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def test_serve_warns_when_the_compiled_core_is_missing(tmp_path: Path) -> None:
+    """The pure twins still serve, but the operator is told, with the fix."""
+    (tmp_path / "sitecustomize.py").write_text(NO_COMPILED_CORE)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    with HapaxProcess(None, extra_env={"PYTHONPATH": path, "HAPAX_NO_EXTENSIONS": "0"}) as hp:
+        hp.wait_ready()
+        assert healthz(hp)["core"] == "py"
+        with openai.OpenAI(base_url=hp.base_url, api_key="unused", max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="anything", messages=[{"role": "user", "content": "ping"}])
+        assert reply.choices[0].message.content == "Mock answer to: ping"
+        assert hp.stop() == 0
+    assert "the compiled core is not in use (No module named 'hapax._core._" in hp.stderr
+    assert "hidden by the test" in hp.stderr
+    assert "pip install ." in hp.stderr and "build_ext --inplace" in hp.stderr
+
+
+def test_serve_notes_the_pure_core_when_asked_for_it() -> None:
+    with HapaxProcess(None, extra_env={"HAPAX_NO_EXTENSIONS": "1"}) as hp:
+        hp.wait_ready()
+        assert healthz(hp)["core"] == "py"
+        assert hp.stop() == 0
+    assert "running the pure-Python core: HAPAX_NO_EXTENSIONS is set" in hp.stderr
+    assert "compiled core is not in use" not in hp.stderr
+
+
+@pytest.mark.skipif(hapax._core.NO_EXTENSIONS, reason="HAPAX_NO_EXTENSIONS is set")
+def test_serve_runs_the_compiled_core_by_default() -> None:
+    with HapaxProcess(None, extra_env={"HAPAX_NO_EXTENSIONS": ""}) as hp:
+        hp.wait_ready()
+        assert healthz(hp)["core"] == "c"
+        assert hp.stop() == 0
+    assert "compiled core is not in use" not in hp.stderr
+    assert "pure-Python core" not in hp.stderr

@@ -2,7 +2,9 @@
 twin (``_name_py``, the readable spec) and a selector module (``name``) that picks the
 compiled one unless ``HAPAX_NO_EXTENSIONS`` is set (or the build has no compiler).
 
-``IMPLEMENTATION`` is ``"c"`` when the compiled units are in use, ``"py"`` otherwise.
+``IMPLEMENTATION`` is ``"c"`` when the compiled units are in use, ``"py"`` otherwise;
+``MISSING`` says why they are not when nobody asked for that (a build without a
+compiler, or a source checkout run without ``build_ext``): ``hapax serve`` warns with it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ try:
     )
 
     IMPLEMENTATION = "c"
-except ImportError:
+    MISSING: str | None = None
+except ImportError as exc:
     IMPLEMENTATION = "py"
+    MISSING = None if NO_EXTENSIONS else str(exc)
 
-__all__ = ["NO_EXTENSIONS", "IMPLEMENTATION"]
+__all__ = ["NO_EXTENSIONS", "IMPLEMENTATION", "MISSING"]

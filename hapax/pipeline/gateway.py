@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from hapax import __version__
+from hapax._core import IMPLEMENTATION
 from hapax._core.json import find_value, replace_string_value
 from hapax._core.sse import event_data
 from hapax.config import Config
@@ -731,7 +732,7 @@ class Gateway:
 
     async def _healthz(self, ex: Exchange) -> Response:
         return Response(200, orjson.dumps({"status": "ok", "version": __version__,
-                                           "pid": os.getpid()}))
+                                           "pid": os.getpid(), "core": IMPLEMENTATION}))
 
     async def _readyz(self, ex: Exchange) -> Response:
         if self.ready and not self.draining:
