@@ -367,6 +367,52 @@ def test_idle_close_by_provider_is_invisible(raw_server: Any,
             assert server.connections == i + 1
 
 
+def big_completion(size: int) -> bytes:
+    return orjson.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": "y" * size}}]})
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_large_answer_is_read_whole(raw_server: Any, hapax_gateway: GatewayFactory,
+                                      framing: str) -> None:
+    """A non-streamed answer far past the upstream client's high-water mark (256 KiB,
+    the back-pressure bound for relayed streams) is read whole, on a connection that
+    stays reusable: the socket is never left paused with the gateway waiting for the end
+    of the body (it once hung there, until the client gave up)."""
+    body = big_completion(3 * 1024 * 1024)
+
+    def big(sock: socket.socket, n: int) -> None:
+        while read_request(sock) is not None:
+            if framing == "chunked":
+                pieces = [body[i:i + 100_000] for i in range(0, len(body), 100_000)]
+                sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n" + b"".join(
+                                 b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+            else:
+                sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n" % len(body) + body)
+
+    server = raw_server(big)
+    gw = hapax_gateway(config_for(server.base_url, models=["m"]))
+    with client(gw) as c:
+        for _ in range(3):
+            resp = c.with_options(timeout=20).chat.completions.create(model="m",
+                                                                      messages=HELLO)
+            assert resp.choices[0].message.content == "y" * (3 * 1024 * 1024)
+    assert server.connections == 1  # one connection, reused: each answer was read to its end
+
+
+def test_a_large_echo_through_the_fake_provider(fake_provider: FakeProvider,
+                                                hapax_gateway: GatewayFactory) -> None:
+    gw = hapax_gateway(config_for(fake_provider.base_url, models=["m"]))
+    prompt = "z" * 600_000
+    with client(gw) as c:
+        resp = c.with_options(timeout=20).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": prompt}])
+    assert prompt in (resp.choices[0].message.content or "")
+
+
 def test_keepalive_race_is_retried_on_fresh_connection(raw_server: Any,
                                                        hapax_gateway: GatewayFactory) -> None:
     """The provider drops a reused connection just as the next request arrives on it

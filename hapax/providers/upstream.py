@@ -41,7 +41,7 @@ class UpstreamResponse:
     """Status, headers and body of one upstream response, as they arrive."""
 
     __slots__ = ("status", "headers", "keep_alive", "_conn", "_chunks", "_buffered", "_done",
-                 "_error", "_waiter", "_head", "_got_bytes")
+                 "_error", "_waiter", "_head", "_got_bytes", "_whole")
 
     def __init__(self, conn: _Connection) -> None:
         self.status = 0
@@ -55,13 +55,14 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self._got_bytes = False
+        self._whole = False  # read() wants the whole body: no back-pressure
 
     # -- fed by the connection ----------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > _HIGH_WATER and self._conn is not None:
+        if self._buffered > _HIGH_WATER and self._conn is not None and not self._whole:
             self._conn.pause()
         self._wake()
 
@@ -93,7 +94,14 @@ class UpstreamResponse:
         return self._done and not self._chunks
 
     async def read(self) -> bytes:
-        """The whole body (raises UpstreamError / UpstreamTimeout on failure)."""
+        """The whole body (raises UpstreamError / UpstreamTimeout on failure).
+
+        The body is gathered in memory whatever its size, so the socket is never paused
+        for it: a body past the high-water mark (paused while nobody read) resumes."""
+        self._whole = True
+        conn = self._conn
+        if conn is not None and conn._paused:
+            conn.resume()
         while not self._done:
             await self._wait()
         if self._error is not None:
