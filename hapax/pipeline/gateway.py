@@ -40,6 +40,7 @@ from hapax.node import NodeState
 from hapax.pipeline.admission import build_queues
 from hapax.pipeline.deadlines import Deadlines
 from hapax.pipeline.dedup import Dedup
+from hapax.pipeline.encoding import decode_body
 from hapax.pipeline.exchange import Exchange
 from hapax.pipeline.executor import Executor
 from hapax.pipeline.health import Health, TargetHealth
@@ -312,6 +313,10 @@ class Gateway:
         if ex.api == "anthropic":
             # Anthropic's SDKs and consoles look for `request-id`.
             ex.response_headers.append((b"request-id", ex.request_id.encode("latin-1")))
+        coding = ex.headers.get("content-encoding")
+        if coding is not None:  # a compressed body: everything after sees it decoded
+            ex.body = decode_body(ex.body, coding, self.config.server.limits.max_body)
+            del ex.headers["content-encoding"]
         hooks = self.hooks
         stage = hooks.request_received
         if stage.impls and (pending := stage.start(ex)) is not None:
