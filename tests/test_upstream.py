@@ -139,7 +139,28 @@ def test_provider_headers(fake_provider: FakeProvider, hapax_gateway: GatewayFac
     assert headers["authorization"] == "Bearer sk-provider-secret"
     assert headers["openai-organization"] == "org-1"
     assert headers["content-type"] == "application/json"
+    # Answers are read (stream checks, token counts): asked for uncompressed.
+    assert headers["accept-encoding"] == "identity"
     assert "sk-test" not in repr(headers)
+
+
+def test_a_configured_accept_encoding_wins(raw_server: Any,
+                                           hapax_gateway: GatewayFactory) -> None:
+    heads: list[bytes] = []
+
+    def record(sock: socket.socket, n: int) -> None:
+        while (head := read_request(sock)) is not None:
+            heads.append(head)
+            sock.sendall(OK_RESPONSE)
+
+    server = raw_server(record)
+    gw = hapax_gateway(with_provider(server.base_url,
+                                     headers={"Accept-Encoding": "identity;q=1"}))
+    with client(gw) as c:
+        c.chat.completions.create(model="m", messages=HELLO)
+    lines = [line for line in heads[0].lower().split(b"\r\n")
+             if line.startswith(b"accept-encoding:")]
+    assert lines == [b"accept-encoding: identity;q=1"]  # once: the operator's
 
 
 def test_keepalive_pool_reuses_connections(fake_provider: FakeProvider,
@@ -394,7 +415,11 @@ def test_a_large_answer_is_read_whole(raw_server: Any, hapax_gateway: GatewayFac
                              b"content-length: %d\r\n\r\n" % len(body) + body)
 
     server = raw_server(big)
-    gw = hapax_gateway(config_for(server.base_url, models=["m"]))
+    # shed_delay off: with the pure-Python twins, finding `usage` in 3 MiB of JSON takes
+    # a quarter of a second of the loop, which could shed the next request.
+    gw = hapax_gateway(config_for(server.base_url, models=["m"], server={
+        "host": "127.0.0.1", "port": 0, "access_log": {"format": "off"},
+        "limits": {"shed_delay": "off"}}))
     with client(gw) as c:
         for _ in range(3):
             resp = c.with_options(timeout=20).chat.completions.create(model="m",
