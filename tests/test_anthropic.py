@@ -160,6 +160,8 @@ def test_native_message_is_relayed_with_the_provider_headers(native: GatewayThre
     assert seen.path == "/v1/messages"
     assert seen.headers["x-api-key"] == PROVIDER_KEY
     assert seen.headers["anthropic-version"] == "2023-06-01"
+    # Answers are read (translated, checked): asked for uncompressed.
+    assert {k.lower(): v for k, v in seen.headers.items()}["accept-encoding"] == "identity"
     assert seen.headers["anthropic-beta"] == "tools-2024-05-16"
     assert "authorization" not in {k.lower() for k in seen.headers}
     assert seen.json == {"model": "up-claude", "max_tokens": 50, "messages": HELLO}

@@ -19,6 +19,7 @@ import orjson
 from hapax import __version__
 from hapax._core.sse import SSEDecoder, event_data
 from hapax.errors import BadRequest, UpstreamError
+from hapax.providers.base import configured_headers
 from hapax.providers.openai import OpenAIProvider, error_message
 from hapax.providers.upstream import UpstreamResponse
 from hapax.translate.anthropic import anthropic_error_body
@@ -55,7 +56,7 @@ class AnthropicProvider(OpenAIProvider):
                   (b"anthropic-version", config.anthropic_version.encode())]
         if config.api_key is not None:
             common.append((b"x-api-key", config.api_key.reveal().encode()))
-        common += [(k.encode(), v.encode()) for k, v in config.headers.items()]
+        common += configured_headers(config)
         # Built once per provider: the request line and the constant headers.
         self._head = f"POST {url.path}/v1/messages HTTP/1.1\r\n".encode() + b"".join(
             n + b": " + v + b"\r\n" for n, v in common)

@@ -9,10 +9,21 @@ if TYPE_CHECKING:
     from hapax.pipeline.exchange import Exchange
     from hapax.types import Attempt, Response, StreamResponse
 
-__all__ = ["Provider", "ENDPOINTS"]
+__all__ = ["Provider", "ENDPOINTS", "configured_headers"]
 
 #: Operations a front door may ask of a provider.
 ENDPOINTS = ("chat/completions", "embeddings")
+
+
+def configured_headers(config: ProviderConfig) -> list[tuple[bytes, bytes]]:
+    """The provider's configured ``headers``, after ``accept-encoding: identity`` unless
+    they set that header themselves: the gateway reads what providers answer (checks
+    stream events, counts tokens, translates), so it asks for it uncompressed — a request
+    without the header leaves the server free to compress (RFC 9110 §12.5.3)."""
+    out = [(k.encode(), v.encode()) for k, v in config.headers.items()]
+    if not any(k.lower() == "accept-encoding" for k in config.headers):
+        out.insert(0, (b"accept-encoding", b"identity"))
+    return out
 
 
 class Provider:

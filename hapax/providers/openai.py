@@ -21,7 +21,7 @@ import orjson
 from hapax import __version__
 from hapax._core.sse import SSEDecoder, event_data
 from hapax.errors import UpstreamError
-from hapax.providers.base import ENDPOINTS, Provider
+from hapax.providers.base import ENDPOINTS, Provider, configured_headers
 from hapax.providers.upstream import UpstreamPool, UpstreamResponse
 from hapax.types import FinalBatch, Response, StreamResponse
 
@@ -84,7 +84,7 @@ class OpenAIProvider(Provider):
                   (b"content-type", b"application/json")]
         if config.api_key is not None:
             common.append((b"authorization", b"Bearer " + config.api_key.reveal().encode()))
-        common += [(k.encode(), v.encode()) for k, v in config.headers.items()]
+        common += configured_headers(config)
         head = b"".join(n + b": " + v + b"\r\n" for n, v in common)
         # The request line and the constant headers are built once per provider.
         self._heads = {ep: f"POST {prefix}/{ep} HTTP/1.1\r\n".encode() + head for ep in ENDPOINTS}
