@@ -428,6 +428,68 @@ def test_a_large_answer_is_read_whole(raw_server: Any, hapax_gateway: GatewayFac
     assert server.connections == 1  # one connection, reused: each answer was read to its end
 
 
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+@pytest.mark.parametrize("size", [6, 2_000_000])
+def test_an_answer_ended_by_closing_the_connection(raw_server: Any,
+                                                    hapax_gateway: GatewayFactory,
+                                                    version: str, size: int) -> None:
+    """No Content-Length, not chunked: the body ends when the provider closes (RFC 9112
+    §6.3), as a quick server on Python's http.server answers.  It was a 502 "closed the
+    connection before the response was complete"."""
+    body = big_completion(size)
+
+    def until_close(sock: socket.socket, n: int) -> None:
+        if read_request(sock) is not None:
+            sock.sendall(f"{version} 200 OK\r\ncontent-type: application/json\r\n"
+                         f"connection: close\r\n\r\n".encode() + body)
+            sock.shutdown(socket.SHUT_WR)
+
+    server = raw_server(until_close)
+    gw = hapax_gateway(config_for(server.base_url, models=["m"]))
+    with client(gw) as c:
+        for i in range(2):
+            resp = c.chat.completions.create(model="m", messages=HELLO)
+            assert resp.choices[0].message.content == "y" * size
+            assert server.connections == i + 1  # such a connection is never reused
+
+
+def test_a_stream_ended_by_closing_the_connection(raw_server: Any,
+                                                  hapax_gateway: GatewayFactory) -> None:
+    events = b"".join(b"data: " + orjson.dumps({
+        "id": "s", "object": "chat.completion.chunk", "created": 0, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        + b"\n\n" for piece in ("a", "b", "c")) + b"data: [DONE]\n\n"
+
+    def until_close(sock: socket.socket, n: int) -> None:
+        if read_request(sock) is not None:
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"connection: close\r\n\r\n" + events)
+            sock.shutdown(socket.SHUT_WR)
+
+    server = raw_server(until_close)
+    gw = hapax_gateway(config_for(server.base_url, models=["m"]))
+    with client(gw) as c:
+        stream = c.chat.completions.create(model="m", messages=HELLO, stream=True)
+        text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    assert text == "abc"
+
+
+def test_a_body_cut_short_of_its_length_is_502(raw_server: Any,
+                                                hapax_gateway: GatewayFactory) -> None:
+    def cut(sock: socket.socket, n: int) -> None:
+        if read_request(sock) is not None:
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY[:-10])
+            sock.shutdown(socket.SHUT_WR)
+
+    server = raw_server(cut)
+    gw = hapax_gateway(config_for(server.base_url, models=["m"]))
+    with client(gw) as c, pytest.raises(openai.InternalServerError) as info:
+        c.chat.completions.create(model="m", messages=HELLO)
+    assert info.value.status_code == 502
+    assert "before the response was complete" in error_of(info.value.response.content)["message"]
+
+
 def test_a_large_echo_through_the_fake_provider(fake_provider: FakeProvider,
                                                 hapax_gateway: GatewayFactory) -> None:
     gw = hapax_gateway(config_for(fake_provider.base_url, models=["m"]))

@@ -41,7 +41,7 @@ class UpstreamResponse:
     """Status, headers and body of one upstream response, as they arrive."""
 
     __slots__ = ("status", "headers", "keep_alive", "_conn", "_chunks", "_buffered", "_done",
-                 "_error", "_waiter", "_head", "_got_bytes", "_whole")
+                 "_error", "_waiter", "_head", "_got_bytes", "_whole", "_until_eof")
 
     def __init__(self, conn: _Connection) -> None:
         self.status = 0
@@ -56,6 +56,7 @@ class UpstreamResponse:
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self._got_bytes = False
         self._whole = False  # read() wants the whole body: no back-pressure
+        self._until_eof = False  # no length, not chunked: the body ends with the connection
 
     # -- fed by the connection ----------------------------------------------------
 
@@ -189,12 +190,12 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         resp = self.response
-        if resp is not None and resp.status and not resp._done:
-            # Responses without Content-Length end at EOF.
-            try:
-                self.parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
+        if resp is not None and resp._until_eof and not resp._done:
+            # A body with neither Content-Length nor chunked coding ends when the
+            # provider closes (RFC 9112 §6.3; an HTTP/1.0 server, say): this is its end.
+            # httptools has no call for it (llhttp_finish), so it is completed here.
+            resp.keep_alive = False
+            self.on_message_complete()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -227,8 +228,12 @@ class _Connection(asyncio.Protocol):
         resp = self.response
         if resp is None:
             return
-        resp.status = self.parser.get_status_code()
+        status = resp.status = self.parser.get_status_code()
         resp.keep_alive = self.parser.should_keep_alive()
+        if not resp.keep_alive and status >= 200 and status not in (204, 304):
+            names = {n for n, _ in resp.headers}
+            resp._until_eof = b"content-length" not in names and \
+                b"transfer-encoding" not in names
         if not resp._head.done():
             resp._head.set_result(None)
 
