@@ -428,6 +428,16 @@ def test_a_large_answer_is_read_whole(raw_server: Any, hapax_gateway: GatewayFac
     assert server.connections == 1  # one connection, reused: each answer was read to its end
 
 
+def answers_then_closes(response: bytes) -> Callable[[socket.socket, int], None]:
+    """A provider that answers the first request of each connection with ``response``
+    (bytes as they go on the wire), then closes its side."""
+    def handler(sock: socket.socket, n: int) -> None:
+        if read_request(sock) is not None:
+            sock.sendall(response)
+            sock.shutdown(socket.SHUT_WR)
+    return handler
+
+
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 @pytest.mark.parametrize("size", [6, 2_000_000])
 def test_an_answer_ended_by_closing_the_connection(raw_server: Any,
@@ -436,15 +446,9 @@ def test_an_answer_ended_by_closing_the_connection(raw_server: Any,
     """No Content-Length, not chunked: the body ends when the provider closes (RFC 9112
     §6.3), as a quick server on Python's http.server answers.  It was a 502 "closed the
     connection before the response was complete"."""
-    body = big_completion(size)
-
-    def until_close(sock: socket.socket, n: int) -> None:
-        if read_request(sock) is not None:
-            sock.sendall(f"{version} 200 OK\r\ncontent-type: application/json\r\n"
-                         f"connection: close\r\n\r\n".encode() + body)
-            sock.shutdown(socket.SHUT_WR)
-
-    server = raw_server(until_close)
+    server = raw_server(answers_then_closes(
+        f"{version} 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        f"\r\n".encode() + big_completion(size)))
     gw = hapax_gateway(config_for(server.base_url, models=["m"]))
     with client(gw) as c:
         for i in range(2):
@@ -459,14 +463,9 @@ def test_a_stream_ended_by_closing_the_connection(raw_server: Any,
         "id": "s", "object": "chat.completion.chunk", "created": 0, "model": "m",
         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
         + b"\n\n" for piece in ("a", "b", "c")) + b"data: [DONE]\n\n"
-
-    def until_close(sock: socket.socket, n: int) -> None:
-        if read_request(sock) is not None:
-            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"connection: close\r\n\r\n" + events)
-            sock.shutdown(socket.SHUT_WR)
-
-    server = raw_server(until_close)
+    server = raw_server(answers_then_closes(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        + events))
     gw = hapax_gateway(config_for(server.base_url, models=["m"]))
     with client(gw) as c:
         stream = c.chat.completions.create(model="m", messages=HELLO, stream=True)
@@ -476,13 +475,7 @@ def test_a_stream_ended_by_closing_the_connection(raw_server: Any,
 
 def test_a_body_cut_short_of_its_length_is_502(raw_server: Any,
                                                 hapax_gateway: GatewayFactory) -> None:
-    def cut(sock: socket.socket, n: int) -> None:
-        if read_request(sock) is not None:
-            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n" % len(OK_BODY) + OK_BODY[:-10])
-            sock.shutdown(socket.SHUT_WR)
-
-    server = raw_server(cut)
+    server = raw_server(answers_then_closes(OK_RESPONSE[:-10]))
     gw = hapax_gateway(config_for(server.base_url, models=["m"]))
     with client(gw) as c, pytest.raises(openai.InternalServerError) as info:
         c.chat.completions.create(model="m", messages=HELLO)
