@@ -16,9 +16,10 @@ from hapax.errors import BadRequest, RequestError
 __all__ = ["decode_body"]
 
 _GZIP = 16 + zlib.MAX_WBITS
-#: wbits per coding: gzip's container, or zlib's (what RFC 9110 calls ``deflate``; a raw
-#: deflate stream, which some clients send under that name, is accepted too).
-_WBITS = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": zlib.MAX_WBITS}
+#: The zlib formats (wbits) tried per coding, in order: gzip's container; for
+#: ``deflate``, zlib's (what RFC 9110 means), then a raw deflate stream, which some
+#: clients send under that name.
+_WBITS = {"gzip": (_GZIP,), "x-gzip": (_GZIP,), "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
 
 
 def decode_body(body: bytes, header: str, limit: int) -> bytes:
@@ -30,21 +31,21 @@ def decode_body(body: bytes, header: str, limit: int) -> bytes:
     for coding in reversed(codings):
         if coding in ("identity", ""):
             continue
-        wbits = _WBITS.get(coding)
-        if wbits is None:
+        formats = _WBITS.get(coding)
+        if formats is None:
             raise RequestError(f"unsupported Content-Encoding {coding[:40]!r}: send the "
                                f"body uncompressed, or compressed with gzip or deflate",
                                status=415, type="invalid_request_error",
                                code="unsupported_content_encoding")
-        try:
-            body = _inflate(body, wbits, limit)
-        except zlib.error:
-            if coding != "deflate":
-                raise _corrupt(coding) from None
+        for wbits in formats:
             try:
-                body = _inflate(body, -zlib.MAX_WBITS, limit)
+                body = _inflate(body, wbits, limit)
+                break
             except zlib.error:
-                raise _corrupt(coding) from None
+                continue
+        else:
+            raise BadRequest(f"the request body is not valid {coding} data "
+                             f"(Content-Encoding: {coding})", code="invalid_body")
     return body
 
 
@@ -65,12 +66,7 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
         if not d.eof:
             raise zlib.error("truncated")
         data = d.unused_data
-        if not data or wbits != _GZIP:
-            if data:
-                raise zlib.error("trailing data")
+        if not data:
             return b"".join(out)
-
-
-def _corrupt(coding: str) -> BadRequest:
-    return BadRequest(f"the request body is not valid {coding} data (Content-Encoding: "
-                      f"{coding})", code="invalid_body")
+        if wbits != _GZIP:  # only gzip has members; anything else after the end is junk
+            raise zlib.error("trailing data")

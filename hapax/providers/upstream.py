@@ -193,8 +193,8 @@ class _Connection(asyncio.Protocol):
         if resp is not None and resp._until_eof and not resp._done:
             # A body with neither Content-Length nor chunked coding ends when the
             # provider closes (RFC 9112 §6.3; an HTTP/1.0 server, say): this is its end.
-            # httptools has no call for it (llhttp_finish), so it is completed here.
-            resp.keep_alive = False
+            # httptools has no call for it (llhttp_finish), so it is completed here
+            # (keep_alive is already off: _until_eof is only set then).
             self.on_message_complete()
         return None
 
